@@ -1,0 +1,64 @@
+"""Shipped workflows: loading them and pointing them at a checkpoint or at the tiny test models."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+from safetensors import safe_open
+
+from .runtime import REPO_ROOT
+
+WORKFLOWS_DIR = REPO_ROOT / "workflows"
+API_WORKFLOWS_DIR = WORKFLOWS_DIR / "api"
+DEFAULT_WORKFLOW = "bolid_keypoint_weighting"
+BASE_MODEL_LOADER = "CheckpointLoaderSimple"
+TINY_LOADER = "BoLIDTestTinyCheckpoint"
+_SDXL_ADM_WIDTH = 2816  # SDXL's label_emb input: pooled CLIP-G (1280) + 6 size/crop embeddings
+
+
+def load_api_workflow(name: str) -> dict:
+    return json.loads((API_WORKFLOWS_DIR / f"{name}.json").read_text())
+
+
+def api_workflow_names() -> list[str]:
+    return sorted(path.stem for path in API_WORKFLOWS_DIR.glob("*.json"))
+
+
+def with_tiny_models(workflow: dict, seed: int = 0) -> dict:
+    """The same graph with every base-model loader swapped for the tiny random SDXL one."""
+    swapped = copy.deepcopy(workflow)
+    for node in swapped.values():
+        if node["class_type"] == BASE_MODEL_LOADER:
+            node["class_type"] = TINY_LOADER
+            node["inputs"] = {"seed": seed}
+    return swapped
+
+
+def with_checkpoint(workflow: dict, checkpoint_name: str) -> dict:
+    pointed = copy.deepcopy(workflow)
+    for node in pointed.values():
+        if node["class_type"] == BASE_MODEL_LOADER:
+            node["inputs"]["ckpt_name"] = checkpoint_name
+    return pointed
+
+
+def is_sdxl_checkpoint(path: Path) -> bool:
+    """True for a single-file SDXL checkpoint (UNet with SDXL's 2816-wide ADM input)."""
+    try:
+        with safe_open(str(path), framework="pt") as checkpoint:
+            key = "model.diffusion_model.label_emb.0.0.weight"
+            return key in checkpoint.keys() and checkpoint.get_slice(key).get_shape()[1] == _SDXL_ADM_WIDTH
+    except (OSError, ValueError, RuntimeError):
+        return False
+
+
+def find_sdxl_checkpoint(checkpoints_dir: Path) -> str | None:
+    """The first SDXL checkpoint under `checkpoints_dir`, as the name ComfyUI's combo lists it."""
+    if not checkpoints_dir.is_dir():
+        return None
+    for path in sorted(checkpoints_dir.rglob("*")):
+        if path.suffix in (".safetensors", ".sft") and is_sdxl_checkpoint(path):
+            return path.relative_to(checkpoints_dir).as_posix()
+    return None

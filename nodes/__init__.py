@@ -1,0 +1,10 @@
+"""Thin V3 node classes, one module per concern: a schema and a call into bolid_core."""
+
+from comfy_api.latest import ComfyExtension, io
+
+from .keypoints import KeypointsFromJSON, KeypointWeighting
+
+
+class BoLIDExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return [KeypointsFromJSON, KeypointWeighting]

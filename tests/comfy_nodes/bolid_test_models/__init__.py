@@ -1,0 +1,64 @@
+"""Test-only ComfyUI node pack: tiny SDXL-shaped MODEL, CLIP, VAE and conditioning.
+
+A shipped workflow runs on these when its CheckpointLoaderSimple is swapped for
+BoLIDTestTinyCheckpoint: the outputs keep the same order (MODEL, CLIP, VAE), so links stay valid.
+Never install this pack for real work: its models have random weights.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from comfy_api.latest import ComfyExtension, io
+
+
+@functools.lru_cache(maxsize=2)
+def _checkpoint(seed: int):
+    from .tiny_models import tiny_sdxl_clip, tiny_sdxl_model, tiny_sdxl_vae
+
+    return tiny_sdxl_model(seed), tiny_sdxl_clip(seed + 1), tiny_sdxl_vae(seed + 2)
+
+
+class TinyCheckpoint(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="BoLIDTestTinyCheckpoint",
+            display_name="Tiny SDXL Checkpoint (test only)",
+            category="BoLID/testing",
+            description="Random-weight SDXL-shaped MODEL, CLIP and VAE, for install checks and tests.",
+            inputs=[io.Int.Input("seed", default=0, min=0, max=2**31 - 1)],
+            outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output()],
+        )
+
+    @classmethod
+    def execute(cls, seed: int) -> io.NodeOutput:
+        model, clip, vae = _checkpoint(seed)
+        return io.NodeOutput(model.clone(), clip.clone(), vae)
+
+
+class TinyConditioning(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="BoLIDTestTinyConditioning",
+            display_name="Tiny SDXL Conditioning (test only)",
+            category="BoLID/testing",
+            inputs=[io.Int.Input("seed", default=0, min=0, max=2**31 - 1)],
+            outputs=[io.Conditioning.Output()],
+        )
+
+    @classmethod
+    def execute(cls, seed: int) -> io.NodeOutput:
+        from .tiny_models import tiny_conditioning
+
+        return io.NodeOutput(tiny_conditioning(seed))
+
+
+class TinyModelsExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return [TinyCheckpoint, TinyConditioning]
+
+
+async def comfy_entrypoint() -> TinyModelsExtension:
+    return TinyModelsExtension()

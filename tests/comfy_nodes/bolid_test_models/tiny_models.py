@@ -1,0 +1,124 @@
+"""Tiny SDXL-shaped MODEL, CLIP and VAE built from ComfyUI's own classes with seeded random weights.
+
+They have SDXL's interfaces (4 latent channels, 8x VAE scale, 2048-wide context, 1280-wide pooled
+output, 2816 ADM inputs, SDXL's attn2 block layout) at a size that samples in well under a second on
+a CPU. Nothing is downloaded: the tokenizer is the one ComfyUI ships.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+
+import comfy.ldm.models.autoencoder
+import comfy.model_base
+import comfy.model_management
+import comfy.model_patcher
+import comfy.sd
+import comfy.sdxl_clip
+import comfy.supported_models
+import torch
+
+# SDXL's unet config (comfy/model_detection.py) at model_channels 32 and one transformer per level.
+TINY_UNET_CONFIG = {
+    "use_checkpoint": False,
+    "image_size": 32,
+    "out_channels": 4,
+    "use_spatial_transformer": True,
+    "legacy": False,
+    "num_classes": "sequential",
+    "adm_in_channels": 2816,
+    "in_channels": 4,
+    "model_channels": 32,
+    "num_res_blocks": [2, 2, 2],
+    "transformer_depth": [0, 0, 1, 1, 1, 1],
+    "channel_mult": [1, 2, 4],
+    "transformer_depth_middle": 1,
+    "use_linear_in_transformer": True,
+    "context_dim": 2048,
+    "num_head_channels": 64,
+    "transformer_depth_output": [0, 0, 0, 1, 1, 1, 1, 1, 1],
+    "use_temporal_attention": False,
+    "use_temporal_resblock": False,
+}
+
+# Same widths as SDXL's CLIP-L and CLIP-G (768 + 1280 = 2048 context), three layers each so the
+# penultimate-layer outputs SDXL uses exist (ComfyUI wants |layer_idx| < layers).
+_TINY_TEXT_LAYERS = {"num_hidden_layers": 3, "intermediate_size": 64}
+TINY_CLIP_OPTIONS = {"clip_l_model_config": _TINY_TEXT_LAYERS, "clip_g_model_config": _TINY_TEXT_LAYERS}
+
+TINY_VAE_CONFIG = {
+    "params": {
+        "embed_dim": 4,
+        "ddconfig": {
+            "double_z": True,
+            "z_channels": 4,
+            "resolution": 256,
+            "in_channels": 3,
+            "out_ch": 3,
+            "ch": 32,
+            "ch_mult": [1, 1, 1, 1],
+            "num_res_blocks": 1,
+            "attn_resolutions": [],
+            "dropout": 0.0,
+        },
+    }
+}
+
+
+@torch.no_grad()
+def randomize_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Fill every parameter with seeded values scaled by fan-in, so activations stay O(1).
+
+    ComfyUI's layers skip initialisation (their weights are meant to be loaded), so a model built
+    from its classes holds uninitialised memory until this runs.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    for name, param in module.named_parameters():
+        if param.ndim >= 2:
+            fan_in = math.prod(param.shape[1:])
+            values = torch.randn(param.shape, generator=generator) / math.sqrt(fan_in)
+        elif name.endswith("bias"):
+            values = torch.zeros(param.shape)
+        elif "norm" in name:
+            values = torch.ones(param.shape)
+        else:
+            values = torch.randn(param.shape, generator=generator) * 0.02
+        param.copy_(values.to(param.dtype))
+    return module.requires_grad_(False)
+
+
+def tiny_sdxl_model(seed: int = 0) -> comfy.model_patcher.ModelPatcher:
+    model_config = comfy.supported_models.SDXL(TINY_UNET_CONFIG)
+    model_config.set_inference_dtype(torch.float32, None)
+    model = comfy.model_base.SDXL(model_config, device="cpu")
+    randomize_(model.diffusion_model, seed)
+    model.eval()
+    return comfy.model_patcher.ModelPatcher(
+        model,
+        load_device=comfy.model_management.get_torch_device(),
+        offload_device=comfy.model_management.unet_offload_device(),
+    )
+
+
+def tiny_sdxl_clip(seed: int = 1) -> comfy.sd.CLIP:
+    target = types.SimpleNamespace(
+        clip=comfy.sdxl_clip.SDXLClipModel, tokenizer=comfy.sdxl_clip.SDXLTokenizer, params={}
+    )
+    clip = comfy.sd.CLIP(target, model_options={**TINY_CLIP_OPTIONS, "dtype": torch.float32})
+    randomize_(clip.cond_stage_model, seed)
+    return clip
+
+
+def tiny_sdxl_vae(seed: int = 2) -> comfy.sd.VAE:
+    autoencoder = comfy.ldm.models.autoencoder.AutoencoderKL(**TINY_VAE_CONFIG["params"])
+    state_dict = randomize_(autoencoder, seed).state_dict()
+    return comfy.sd.VAE(sd=state_dict, config=TINY_VAE_CONFIG, dtype=torch.float32)
+
+
+def tiny_conditioning(seed: int, tokens: int = 77) -> list:
+    """SDXL-shaped conditioning without a text encoder: (1, tokens, 2048) plus a 1280 pooled output."""
+    generator = torch.Generator().manual_seed(seed)
+    context = torch.randn((1, tokens, 2048), generator=generator)
+    pooled = torch.randn((1, 1280), generator=generator)
+    return [[context, {"pooled_output": pooled}]]

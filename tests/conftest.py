@@ -1,0 +1,144 @@
+"""Fixtures for the four test tiers (DESIGN.md, "Test tiers").
+
+1. unit: pure torch, `bolid_core` only: no fixture needed.
+2. comfy: the real `comfy` package imported in-process; tiny SDXL UNet in a real ModelPatcher.
+3. server: a real ComfyUI server on a free loopback port with this pack and the test-only node pack.
+4. browser: Debian's chromium, driven by playwright, on the real frontend that server serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TEST_OUTPUT = REPO_ROOT / "test-output"
+TEST_NODE_PACKS = REPO_ROOT / "tests" / "comfy_nodes"
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Each test file belongs to one tier; its name says which.
+    for item in items:
+        for tier in ("comfy", "server", "browser"):
+            if item.path.name.startswith(f"test_{tier}_"):
+                item.add_marker(getattr(pytest.mark, tier))
+                break
+        else:
+            item.add_marker(pytest.mark.unit)
+
+
+@pytest.fixture(scope="session")
+def test_output() -> Path:
+    TEST_OUTPUT.mkdir(exist_ok=True)
+    return TEST_OUTPUT
+
+
+# --- tier 2: in-process ComfyUI -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def comfy_path() -> Path:
+    from bolid_dev.runtime import comfyui_dir
+
+    path = comfyui_dir()
+    # ComfyUI's top-level `nodes` module must win over this pack's `nodes/` package.
+    for entry in (str(TEST_NODE_PACKS), str(path)):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    if "nodes" in sys.modules and not getattr(sys.modules["nodes"], "__file__", "").startswith(str(path)):
+        raise RuntimeError("this pack's nodes/ was imported as a top-level module before ComfyUI's `nodes`")
+    from comfy.cli_args import args
+
+    args.cpu = True
+    return path
+
+
+@pytest.fixture(scope="session")
+def comfy_nodes(comfy_path: Path) -> dict:
+    """ComfyUI's NODE_CLASS_MAPPINGS after loading this pack with ComfyUI's own custom-node loader."""
+    import nodes
+
+    loaded = asyncio.run(nodes.load_custom_node(str(REPO_ROOT)))
+    assert loaded, "ComfyUI's load_custom_node refused the pack: see the log above"
+    return nodes.NODE_CLASS_MAPPINGS
+
+
+@pytest.fixture()
+def tiny_model(comfy_path: Path):
+    from bolid_test_models.tiny_models import tiny_sdxl_model
+
+    return tiny_sdxl_model(seed=0)
+
+
+@pytest.fixture()
+def tiny_vae(comfy_path: Path):
+    from bolid_test_models.tiny_models import tiny_sdxl_vae
+
+    return tiny_sdxl_vae(seed=2)
+
+
+# --- tier 3: a real server --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory: pytest.TempPathFactory, test_output: Path):
+    from bolid_dev.runtime import comfy_server as start
+
+    base = tmp_path_factory.mktemp("comfy-base")
+    _skip_first_run_dialogs(base)
+    with start(base, with_test_models=True, log_path=test_output / "server" / "comfyui.log") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def client(comfy_server):
+    from bolid_dev.client import ComfyClient
+
+    return ComfyClient(comfy_server)
+
+
+def _skip_first_run_dialogs(base: Path) -> None:
+    settings = base / "user" / "default" / "comfy.settings.json"
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    settings.write_text(json.dumps({"Comfy.TutorialCompleted": True}))
+
+
+# --- tier 4: browser --------------------------------------------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run", "--disable-quic",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: run `bash scripts/setup.sh --browser` (installs Debian's chromium).")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture(scope="session")
+def baseline_server(tmp_path_factory: pytest.TempPathFactory, test_output: Path):
+    """The same ComfyUI without this pack, to tell the frontend's own console errors from ours."""
+    from bolid_dev.runtime import comfy_server as start
+
+    base = tmp_path_factory.mktemp("comfy-baseline")
+    _skip_first_run_dialogs(base)
+    log_path = test_output / "baseline" / "comfyui.log"
+    with start(base, with_test_models=False, with_pack=False, log_path=log_path) as server:
+        yield server

@@ -1,0 +1,97 @@
+"""Tier 3: a real ComfyUI server with the pack; every shipped API workflow through POST /prompt."""
+
+from __future__ import annotations
+
+import io
+import json
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bolid_dev.client import WorkflowError
+from bolid_dev.ui_workflow import render
+from bolid_dev.workflows import (
+    API_WORKFLOWS_DIR,
+    WORKFLOWS_DIR,
+    api_workflow_names,
+    load_api_workflow,
+    with_tiny_models,
+)
+
+OUR_NODES = ("BoLIDKeypointsFromJSON", "BoLIDKeypointWeighting")
+
+
+def test_object_info_lists_the_pack(client) -> None:
+    info = client.object_info()
+    for node_id in OUR_NODES:
+        assert node_id in info, f"{node_id} missing from /object_info"
+    weighting = info["BoLIDKeypointWeighting"]
+    assert weighting["output"] == ["IMAGE", "IMAGE"]
+    assert weighting["input"]["required"]["keypoints"][0] == "BOLID_KEYPOINTS"
+    assert weighting["category"] == "BoLID/body"
+
+
+def test_frontend_extension_is_served(comfy_server) -> None:
+    with urllib.request.urlopen(f"{comfy_server.url}/extensions") as response:
+        extensions = json.loads(response.read())
+    script = next(path for path in extensions if path.endswith("keypoints_preview.js"))
+    with urllib.request.urlopen(f"{comfy_server.url}{script}") as response:
+        assert b"BoLID.KeypointsPreview" in response.read()
+
+
+def test_there_are_shipped_workflows() -> None:
+    assert api_workflow_names(), "workflows/api/ holds no workflow"
+    ui_names = sorted(path.stem for path in WORKFLOWS_DIR.glob("*.json"))
+    assert ui_names == api_workflow_names(), "every API workflow needs its UI twin and vice versa"
+
+
+@pytest.mark.parametrize("name", api_workflow_names())
+def test_ui_workflow_is_the_same_graph(client, name: str) -> None:
+    expected = render(API_WORKFLOWS_DIR / f"{name}.json", client.object_info())
+    actual = (WORKFLOWS_DIR / f"{name}.json").read_text()
+    assert actual == expected, f"workflows/{name}.json is stale: run `python -m bolid_dev.ui_workflow`"
+
+
+@pytest.mark.parametrize("name", api_workflow_names())
+def test_shipped_workflow_runs(client, name: str) -> None:
+    workflow = load_api_workflow(name)
+    entry = client.run(with_tiny_models(workflow), timeout_s=600)
+    save_nodes = [node_id for node_id, node in workflow.items() if node["class_type"] == "SaveImage"]
+    assert save_nodes, f"{name} saves no image"
+    for node_id in save_nodes:
+        images = client.output_images(entry, node_id)
+        assert images, f"SaveImage node {node_id} of {name} saved nothing"
+        for image in images:
+            assert client.saved_path(image).is_file()
+            Image.open(io.BytesIO(client.fetch_image(image))).verify()
+
+
+def test_default_workflow_weight_map_follows_the_keypoints(client) -> None:
+    workflow = load_api_workflow("bolid_keypoint_weighting")
+    entry = client.run(with_tiny_models(workflow), timeout_s=600)
+    (map_ref,) = client.output_images(entry, "10")
+    weight_map = np.asarray(Image.open(io.BytesIO(client.fetch_image(map_ref))).convert("L"), dtype=np.float64)
+    height, width = weight_map.shape
+    latent = workflow["4"]["inputs"]
+    assert (width, height) == (latent["width"], latent["height"])
+    nose_x, nose_y, _ = json.loads(workflow["7"]["inputs"]["keypoints_json"])[0]
+    assert weight_map[int(nose_y * height), int(nose_x * width)] > 250
+    assert weight_map[:20, :20].max() < 5, "the top-left corner is far from every keypoint"
+
+
+def test_validation_error_reaches_the_client(client) -> None:
+    workflow = with_tiny_models(load_api_workflow("bolid_keypoint_weighting"))
+    workflow["7"]["inputs"]["keypoints_json"] = "[0.5, 0.5]"
+    with pytest.raises(WorkflowError, match=r"(?s)HTTP 400.*Keypoints view 0 is not 17"):
+        client.queue(workflow)
+
+
+def test_execution_error_reaches_the_client(client) -> None:
+    workflow = with_tiny_models(load_api_workflow("bolid_keypoint_weighting"))
+    view = json.loads(workflow["7"]["inputs"]["keypoints_json"])
+    workflow["7"]["inputs"]["keypoints_json"] = json.dumps([view, view])
+    workflow["4"]["inputs"].update(width=64, height=64)
+    with pytest.raises(WorkflowError, match="ValueError: Got 1 images but keypoints for 2 views"):
+        client.run(workflow, timeout_s=300)
