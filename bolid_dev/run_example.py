@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 from .client import ComfyClient, WorkflowError
 from .runtime import REPO_ROOT, RuntimeSetupError, comfy_server, comfyui_dir
@@ -51,14 +50,15 @@ def _run(workflow_name: str, timeout_s: float | None) -> int:
     log_path = (base_directory or LOCAL_BASE_DIRECTORY) / "logs" / "comfyui.log"
     with comfy_server(base_directory, with_test_models=checkpoint is None, log_path=log_path) as server:
         print(f"ComfyUI is up at {server.url} (log: {log_path}); queueing {workflow_name}.")
-        entry = ComfyClient(server).run(prompt, timeout_s=timeout_s or default_timeout)
-        paths = [ComfyClient(server).saved_path(image) for image in ComfyClient.output_images(entry)]
+        client = ComfyClient(server)
+        entry = client.run(prompt, timeout_s=timeout_s or default_timeout)
+        paths = [client.saved_path(image) for image in client.output_images(entry)]
     if not paths:
         print("ERROR: the workflow finished but saved no image.", file=sys.stderr)
         return 1
     for path in paths[1:]:
         print(f"also saved: {path}")
-    print(f"saved image: {Path(paths[0])}")
+    print(f"saved image: {paths[0]}")
     return 0
 
 

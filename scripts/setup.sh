@@ -21,6 +21,8 @@ WITH_BROWSER=0
 
 say() { printf '[setup] %s\n' "$*"; }
 die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
+# Some machines' pip.conf lists local indexes that lack most packages; pip warns about each one.
+quiet_pip() { "$@" 2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2); }
 
 find_python() {
   for candidate in "${PYTHON:-}" python3.11 python3.12 python3.10 python3; do
@@ -37,14 +39,12 @@ if [[ ! -x "$VENV/bin/python" ]]; then
   py="$(find_python)" || die "Python 3.10-3.13 not found. Install one, or set PYTHON=/path/to/python3."
   say "creating virtual environment $VENV"
   "$py" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  quiet_pip "$VENV/bin/python" -m pip install --quiet --upgrade pip
 fi
 PY="$VENV/bin/python"
 PIP=("$PY" -m pip install --quiet --disable-pip-version-check)
-# This machine's pip.conf lists local indexes that lack most packages; pip warns about each one.
-quiet_pip() { "$@" 2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2); }
 
-if ! "$PY" -c 'import torch, torchvision.ops; torchvision.ops.nms' >/dev/null 2>&1; then
+if ! "$PY" -c 'import torch, torchvision; torch.ops.torchvision.nms' >/dev/null 2>&1; then
   say "installing ${TORCH_SPEC[*]} (one-time, large download)"
   quiet_pip "${PIP[@]}" "${TORCH_SPEC[@]}"
 fi

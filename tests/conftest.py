@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import sys
@@ -24,15 +25,19 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+TIERS = ("unit", "comfy", "server", "browser")
+
+
+def _tier(item: pytest.Item) -> str:
     # Each test file belongs to one tier; its name says which.
+    return next((tier for tier in TIERS[1:] if item.path.name.startswith(f"test_{tier}_")), "unit")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        for tier in ("comfy", "server", "browser"):
-            if item.path.name.startswith(f"test_{tier}_"):
-                item.add_marker(getattr(pytest.mark, tier))
-                break
-        else:
-            item.add_marker(pytest.mark.unit)
+        item.add_marker(getattr(pytest.mark, _tier(item)))
+    # Cheap tiers first, so a broken core fails in seconds rather than after the servers start.
+    items.sort(key=lambda item: TIERS.index(_tier(item)))
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +71,9 @@ def comfy_nodes(comfy_path: Path) -> dict:
     """ComfyUI's NODE_CLASS_MAPPINGS after loading this pack with ComfyUI's own custom-node loader."""
     import nodes
 
-    loaded = asyncio.run(nodes.load_custom_node(str(REPO_ROOT)))
+    # On a thread of its own: playwright's sync API may already run an event loop on this one.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        loaded = pool.submit(asyncio.run, nodes.load_custom_node(str(REPO_ROOT))).result()
     assert loaded, "ComfyUI's load_custom_node refused the pack: see the log above"
     return nodes.NODE_CLASS_MAPPINGS
 

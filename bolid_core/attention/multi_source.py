@@ -1,0 +1,74 @@
+"""Multi-source decoupled cross-attention (BoLID Body-Condition module; IP-Adapter-style).
+
+    Z' = Attn(Q, K_t, V_t) + sum_s lambda_s * Attn(Q, K_s, V_s)
+
+The text term is left to the host's fused attention. This module adds the adapter terms, reading Q
+once for all sources: one score matmul over their concatenated keys, a softmax per source segment,
+the per-sample scale and per-query mask folded into the probabilities, and one matmul with the
+concatenated values.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+# Transforms one source's attention probabilities, (batch, heads, queries, tokens) -> same shape.
+AttentionMapHook = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SourceKV:
+    """One adapter source at one attention layer, already projected to this layer's K and V.
+
+    key, value: (batch, tokens, heads * dim_head), or batch 1 to share across the batch.
+    scale: (batch,) lambda_s per sample; 0 switches the source off for that sample.
+    mask: optional (batch or 1, queries) weight per query position, e.g. a region mask.
+    hook: optional transform of this source's attention map (FastFace AM).
+    """
+
+    key: torch.Tensor
+    value: torch.Tensor
+    scale: torch.Tensor
+    mask: torch.Tensor | None = None
+    hook: AttentionMapHook | None = None
+
+
+def _heads(x: torch.Tensor, batch: int, heads: int) -> torch.Tensor:
+    b, tokens, width = x.shape
+    return x.reshape(b, tokens, heads, width // heads).transpose(1, 2).expand(batch, -1, -1, -1)
+
+
+def adapter_attention(query: torch.Tensor, sources: Sequence[SourceKV], heads: int) -> torch.Tensor:
+    """sum_s lambda_s * softmax(Q K_s^T / sqrt(d)) V_s, shaped like `query` (batch, queries, heads*dim)."""
+    batch, queries, width = query.shape
+    if width % heads:
+        raise ValueError(f"Query width {width} is not divisible by {heads} heads.")
+    active = [s for s in sources if bool((s.scale != 0).any())]
+    if not active:
+        return torch.zeros_like(query)
+    for source in active:
+        if source.key.shape[-1] != width or source.value.shape[-1] != width:
+            raise ValueError(
+                f"Adapter K/V width {source.key.shape[-1]} does not match this layer's width {width}: "
+                "the adapter was made for another model."
+            )
+    q = _heads(query, batch, heads)
+    keys = torch.cat([_heads(s.key.to(query.dtype), batch, heads) for s in active], dim=2)
+    values = torch.cat([_heads(s.value.to(query.dtype), batch, heads) for s in active], dim=2)
+    scores = (q @ keys.transpose(-1, -2)) * (1.0 / math.sqrt(width // heads))
+    segments = scores.split([s.key.shape[1] for s in active], dim=-1)
+    weighted = []
+    for source, segment in zip(active, segments, strict=True):
+        probs = segment.softmax(dim=-1)
+        if source.hook is not None:
+            probs = source.hook(probs)
+        weight = source.scale.to(probs.dtype).reshape(-1, 1, 1, 1)
+        if source.mask is not None:
+            weight = weight * source.mask.to(probs.dtype).reshape(source.mask.shape[0], 1, queries, 1)
+        weighted.append(probs * weight)
+    out = torch.cat(weighted, dim=-1) @ values
+    return out.transpose(1, 2).reshape(batch, queries, width)
