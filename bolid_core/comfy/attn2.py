@@ -1,0 +1,174 @@
+"""The attn2-replace patch that adds adapter sources to ComfyUI's cross-attention layers.
+
+One patch object per layer, registered on a clone of the model. It wraps whatever patch that layer
+already had (another adapter, ours or IPAdapter_plus's) without touching it, so patches stack and
+the unpatched model never changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import comfy.model_management
+import comfy.model_patcher
+import torch
+from comfy.ldm.modules.attention import BasicTransformerBlock, optimized_attention
+
+from ..adapter.checkpoint import Adapter, AdapterFormatError, Source
+from ..attention import AttentionMapHook, SourceKV, adapter_attention, mask_to_queries
+
+LayerKey = tuple[str, int, int]
+# Guiders that run several conds publish here which cond indices get each source switched on.
+SOURCE_SWITCH_KEY = "bolid_source_switch"
+
+
+def attn2_layer_keys(model: comfy.model_patcher.ModelPatcher) -> list[tuple[LayerKey, int]]:
+    """(patch key, layer width) of every cross-attention layer, in IP-Adapter's order: input, output, middle."""
+    unet = model.get_model_object("diffusion_model")
+    groups = [("input", unet.input_blocks), ("output", unet.output_blocks), ("middle", [unet.middle_block])]
+    keys = []
+    for name, blocks in groups:
+        for number, block in enumerate(blocks):
+            transformer_blocks = [m for m in block.modules() if isinstance(m, BasicTransformerBlock)]
+            keys += [((name, number, i), tb.attn2.to_k.out_features) for i, tb in enumerate(transformer_blocks)]
+    return keys
+
+
+@dataclass(frozen=True)
+class AppliedSource:
+    """One adapter source as applied: its tokens with the source on and off, weight, window, mask, hook."""
+
+    source: Source
+    tokens_on: torch.Tensor  # (1, tokens, context_dim)
+    tokens_off: torch.Tensor  # (1, tokens, context_dim): the null embedding, for unconditional chunks
+    weight: float
+    sigma_start: float = float("inf")
+    sigma_end: float = 0.0
+    mask: torch.Tensor | None = None  # (1 or batch, height, width), any resolution
+    hook: AttentionMapHook | None = None
+    switch_name: str = "id"  # the name a guider uses in SOURCE_SWITCH_KEY to switch it per cond
+
+
+@dataclass
+class AppliedAdapter:
+    """An adapter's weights and applied sources, shared by its per-layer patches; caches K/V per device."""
+
+    adapter: Adapter
+    sources: list[AppliedSource]
+    patcher: comfy.model_patcher.ModelPatcher
+    _kv_cache: dict = field(default_factory=dict)
+
+    def kv(self, layer: int, index: int, switched_on: bool, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V of one source's tokens at one layer, computed once per device and dtype."""
+        key = (layer, index, switched_on, like.device, like.dtype)
+        if key not in self._kv_cache:
+            applied = self.sources[index]
+            tokens = applied.tokens_on if switched_on else applied.tokens_off
+            projection = self.adapter.kv(layer, applied.source)
+            weight_k = projection.to_k.weight.to(like.device, like.dtype)
+            weight_v = projection.to_v.weight.to(like.device, like.dtype)
+            tokens = tokens.to(like.device, like.dtype)
+            self._kv_cache[key] = (tokens @ weight_k.T, tokens @ weight_v.T)
+        return self._kv_cache[key]
+
+
+def _switched_on(extra_options: dict, cond_index: int, switch_name: str) -> bool:
+    published = extra_options.get(SOURCE_SWITCH_KEY)
+    if published is not None and cond_index in published:
+        return bool(published[cond_index].get(switch_name, False))
+    return cond_index == 0  # ComfyUI's CFGGuider: 0 is the positive cond, 1 the negative
+
+
+class AdapterAttentionPatch:
+    def __init__(self, applied: AppliedAdapter, layer: int, inner: Callable | None) -> None:
+        self.applied, self.layer, self.inner = applied, layer, inner
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
+        heads = extra_options["n_heads"]
+        if self.inner is not None:
+            out = self.inner(q, k, v, extra_options)
+        else:
+            out = optimized_attention(q, k, v, heads, attn_precision=extra_options.get("attn_precision"))
+        sources = self._sources(q, extra_options)
+        if not sources:
+            return out
+        return out + adapter_attention(q, sources, heads).to(out.dtype)
+
+    def _sources(self, q: torch.Tensor, extra_options: dict) -> list[SourceKV]:
+        chunks = extra_options["cond_or_uncond"]
+        per_chunk = q.shape[0] // len(chunks)
+        sigmas = extra_options["sigmas"].to(q.device, torch.float32)
+        if sigmas.shape[0] != q.shape[0]:  # one sigma per latent: the chunks repeat the latent batch
+            sigmas = sigmas.repeat(q.shape[0] // sigmas.shape[0])
+        sources = []
+        for index, applied in enumerate(self.applied.sources):
+            in_window = (sigmas <= applied.sigma_start) & (sigmas >= applied.sigma_end)
+            if applied.weight == 0 or not bool(in_window.any()):
+                continue
+            keys, values = [], []
+            for cond_index in chunks:
+                on = _switched_on(extra_options, cond_index, applied.switch_name)
+                key, value = self.applied.kv(self.layer, index, on, q)
+                keys.append(key.expand(per_chunk, -1, -1))
+                values.append(value.expand(per_chunk, -1, -1))
+            mask = None
+            if applied.mask is not None:
+                latent_hw = tuple(extra_options["original_shape"][-2:])
+                mask = mask_to_queries(applied.mask.to(q.device), latent_hw, q.shape[1])
+            sources.append(
+                SourceKV(torch.cat(keys), torch.cat(values), applied.weight * in_window.float(), mask, applied.hook)
+            )
+        return sources
+
+    def to(self, device: torch.device) -> AdapterAttentionPatch:
+        if self.inner is not None and hasattr(self.inner, "to"):
+            self.inner = self.inner.to(device)
+        return self
+
+    def models(self) -> list:
+        inner = self.inner.models() if self.inner is not None and hasattr(self.inner, "models") else []
+        return [*inner, self.applied.patcher]
+
+    def __deepcopy__(self, memo: dict) -> AdapterAttentionPatch:
+        # model.clone() deep-copies model_options: share the weights and K/V cache, never duplicate them.
+        return self
+
+
+def check_fit(model: comfy.model_patcher.ModelPatcher, adapter: Adapter) -> list[LayerKey]:
+    """The model's attn2 keys, after checking the adapter was made for this model's architecture."""
+    layers = attn2_layer_keys(model)
+    context_dim = model.model.model_config.unet_config.get("context_dim")
+    spec = adapter.spec
+    if context_dim != spec.context_dim:
+        raise AdapterFormatError(
+            f"This adapter was made for {spec.base_family} (text width {spec.context_dim}); the model has text "
+            f"width {context_dim}. Pick the adapter made for this model family."
+        )
+    widths = tuple(width for _, width in layers)
+    if widths != spec.layer_widths:
+        raise AdapterFormatError(
+            f"This adapter has {len(spec.layer_widths)} cross-attention layers; the model has {len(widths)} "
+            f"(widths differ). It was made for another {spec.base_family} architecture."
+        )
+    return [key for key, _ in layers]
+
+
+def apply_adapter(
+    model: comfy.model_patcher.ModelPatcher, adapter: Adapter, sources: list[AppliedSource]
+) -> comfy.model_patcher.ModelPatcher:
+    """A clone of `model` whose cross-attention layers also attend to the adapter's sources."""
+    keys = check_fit(model, adapter)
+    patched = model.clone()
+    applied = AppliedAdapter(
+        adapter,
+        sources,
+        comfy.model_patcher.ModelPatcher(
+            adapter, load_device=model.load_device, offload_device=comfy.model_management.unet_offload_device()
+        ),
+    )
+    existing = patched.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
+    for layer, key in enumerate(keys):
+        inner = existing.get(key, existing.get(key[:2]))
+        patched.set_model_attn2_replace(AdapterAttentionPatch(applied, layer, inner), *key)
+    return patched

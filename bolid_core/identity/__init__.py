@@ -1,0 +1,5 @@
+"""Identity: face embeddings (insightface), hybrid fusion, identity mixing, regions."""
+
+from .embeds import FaceEmbeds
+
+__all__ = ["FaceEmbeds"]
