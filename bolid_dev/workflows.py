@@ -15,6 +15,8 @@ API_WORKFLOWS_DIR = WORKFLOWS_DIR / "api"
 DEFAULT_WORKFLOW = "bolid_keypoint_weighting"
 BASE_MODEL_LOADER = "CheckpointLoaderSimple"
 TINY_LOADER = "BoLIDTestTinyCheckpoint"
+# Other loaders of downloaded models and their tiny stand-ins; same outputs in the same order.
+TINY_STAND_INS = {BASE_MODEL_LOADER: TINY_LOADER, "CLIPVisionLoader": "BoLIDTestTinyClipVision"}
 _SDXL_ADM_WIDTH = 2816  # SDXL's label_emb input: pooled CLIP-G (1280) + 6 size/crop embeddings
 
 
@@ -27,11 +29,11 @@ def api_workflow_names() -> list[str]:
 
 
 def with_tiny_models(workflow: dict, seed: int = 0) -> dict:
-    """The same graph with every base-model loader swapped for the tiny random SDXL one."""
+    """The same graph with every base-model (and CLIP-vision) loader swapped for a tiny random one."""
     swapped = copy.deepcopy(workflow)
     for node in swapped.values():
-        if node["class_type"] == BASE_MODEL_LOADER:
-            node["class_type"] = TINY_LOADER
+        if node["class_type"] in TINY_STAND_INS:
+            node["class_type"] = TINY_STAND_INS[node["class_type"]]
             node["inputs"] = {"seed": seed}
     return swapped
 

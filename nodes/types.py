@@ -3,3 +3,6 @@
 from comfy_api.latest import io
 
 Keypoints = io.Custom("BOLID_KEYPOINTS")
+AdapterType = io.Custom("BOLID_ADAPTER")
+FaceEmbedsType = io.Custom("BOLID_FACE_EMBEDS")
+BodyIDType = io.Custom("BOLID_BODY_ID")

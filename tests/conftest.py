@@ -101,6 +101,7 @@ def comfy_server(tmp_path_factory: pytest.TempPathFactory, test_output: Path):
 
     base = tmp_path_factory.mktemp("comfy-base")
     _skip_first_run_dialogs(base)
+    _install_test_assets(base)
     with start(base, with_test_models=True, log_path=test_output / "server" / "comfyui.log") as server:
         yield server
 
@@ -110,6 +111,25 @@ def client(comfy_server):
     from bolid_dev.client import ComfyClient
 
     return ComfyClient(comfy_server)
+
+
+def _install_test_assets(base: Path) -> None:
+    """What the shipped workflows load besides the base model, as tiny synthetic files under their names.
+
+    They must exist before the server starts: model combos are listed from the folders.
+    """
+    import numpy as np
+    from adapter_factories import plus_ip_adapter
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    adapters = base / "models" / "ipadapter"
+    adapters.mkdir(parents=True)
+    plus = {key: value.contiguous() for key, value in plus_ip_adapter().items()}
+    save_file(plus, str(adapters / "ip-adapter-plus_sdxl_vit-h.safetensors"))
+    (base / "input").mkdir(exist_ok=True)
+    pixels = np.random.default_rng(0).integers(0, 255, (96, 80, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(base / "input" / "bolid_reference.png")
 
 
 def _skip_first_run_dialogs(base: Path) -> None:

@@ -95,3 +95,35 @@ def test_execution_error_reaches_the_client(client) -> None:
     workflow["4"]["inputs"].update(width=64, height=64)
     with pytest.raises(WorkflowError, match="ValueError: Got 1 images but keypoints for 2 views"):
         client.run(workflow, timeout_s=300)
+
+
+def _decoded(client, workflow: dict, save_node: str) -> np.ndarray:
+    entry = client.run(workflow, timeout_s=600)
+    (image,) = client.output_images(entry, save_node)
+    return np.asarray(Image.open(io.BytesIO(client.fetch_image(image))), dtype=np.int16)
+
+
+def test_apply_adapter_acts_through_the_graph(client) -> None:
+    workflow = with_tiny_models(load_api_workflow("bolid_reference_adapter"))
+    workflow["4"]["inputs"].update(width=256, height=192)
+    unpatched = json.loads(json.dumps(workflow))
+    unpatched["9"]["inputs"]["model"] = ["1", 0]
+    workflow["8"]["inputs"]["image_weight"] = 0.0
+    baseline, zero = _decoded(client, unpatched, "11"), _decoded(client, workflow, "11")
+    assert np.abs(zero - baseline).max() <= 1, "weight 0 must leave the image as the unpatched model makes it"
+    workflow["8"]["inputs"]["image_weight"] = 3.0
+    difference = np.abs(_decoded(client, workflow, "11") - baseline)
+    # Random tiny models saturate the decoded image, which hides most of the change; weight 0 differs
+    # from the unpatched run by at most one level anywhere, so these bounds still separate the two.
+    assert difference.max() >= 8 and difference.mean() > 0.5, f"no visible effect: {difference.mean():.2f} mean"
+
+
+def test_adapter_that_does_not_fit_is_a_clear_error(client) -> None:
+    workflow = with_tiny_models(load_api_workflow("bolid_reference_adapter"))
+    workflow["4"]["inputs"].update(width=64, height=64)
+    del workflow["8"]["inputs"]["image"]
+    with pytest.raises(WorkflowError, match="Connect at least one input this adapter uses: image"):
+        client.run(workflow, timeout_s=300)
+    workflow["7"]["inputs"]["adapter_name"] = "ipadapter/../../secrets.safetensors"
+    with pytest.raises(WorkflowError, match=r"not in list|paths outside it are refused"):
+        client.run(workflow, timeout_s=300)

@@ -22,3 +22,24 @@ def register_model_folders() -> None:
         if name not in folder_paths.folder_names_and_paths:
             folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, name))
         folder_paths.folder_names_and_paths[name][1].update(extensions)
+
+
+def model_choices(*folders: str) -> list[str]:
+    """Combo entries "<folder>/<file>" for the files of several model folders."""
+    return [f"{folder}/{name}" for folder in folders for name in folder_paths.get_filename_list(folder)]
+
+
+def resolve_model_choice(choice: str, folders: tuple[str, ...]) -> str:
+    """Full path of a combo entry "<folder>/<file>". Only names inside the given model folders resolve."""
+    folder, _, name = choice.partition("/")
+    if folder not in folders or not name:
+        raise ValueError(f"'{choice}' is not a model of {', '.join(folders)}: pick one from the list.")
+    if os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
+        raise ValueError(f"'{choice}': model names are relative to models/{folder}; paths outside it are refused.")
+    path = folder_paths.get_full_path(folder, name)
+    if path is None:
+        places = ", ".join(folder_paths.get_folder_paths(folder))
+        raise FileNotFoundError(
+            f"'{name}' is not in models/{folder} ({places}). Put the file there, then refresh the editor (R)."
+        )
+    return path

@@ -1,7 +1,8 @@
 """Test-only ComfyUI node pack: tiny SDXL-shaped MODEL, CLIP, VAE and conditioning.
 
 A shipped workflow runs on these when its CheckpointLoaderSimple is swapped for
-BoLIDTestTinyCheckpoint: the outputs keep the same order (MODEL, CLIP, VAE), so links stay valid.
+BoLIDTestTinyCheckpoint (same outputs in the same order: MODEL, CLIP, VAE, so links stay valid), and
+its CLIPVisionLoader for BoLIDTestTinyClipVision.
 Never install this pack for real work: its models have random weights.
 """
 
@@ -10,6 +11,11 @@ from __future__ import annotations
 import functools
 
 from comfy_api.latest import ComfyExtension, io
+
+
+@functools.lru_cache(maxsize=4)
+def _cached(build, seed: int):
+    return build(seed)
 
 
 @functools.lru_cache(maxsize=2)
@@ -37,6 +43,25 @@ class TinyCheckpoint(io.ComfyNode):
         return io.NodeOutput(model.clone(), clip.clone(), vae)
 
 
+class TinyClipVision(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="BoLIDTestTinyClipVision",
+            display_name="Tiny CLIP Vision (test only)",
+            category="BoLID/testing",
+            description="Random-weight CLIP vision model with ViT-H's widths; stands in for CLIPVisionLoader.",
+            inputs=[io.Int.Input("seed", default=3, min=0, max=2**31 - 1)],
+            outputs=[io.ClipVision.Output()],
+        )
+
+    @classmethod
+    def execute(cls, seed: int) -> io.NodeOutput:
+        from .tiny_models import tiny_clip_vision
+
+        return io.NodeOutput(_cached(tiny_clip_vision, seed))
+
+
 class TinyConditioning(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -57,7 +82,7 @@ class TinyConditioning(io.ComfyNode):
 
 class TinyModelsExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [TinyCheckpoint, TinyConditioning]
+        return [TinyCheckpoint, TinyClipVision, TinyConditioning]
 
 
 async def comfy_entrypoint() -> TinyModelsExtension:

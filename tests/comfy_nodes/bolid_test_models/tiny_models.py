@@ -7,9 +7,12 @@ a CPU. Nothing is downloaded: the tokenizer is the one ComfyUI ships.
 
 from __future__ import annotations
 
+import json
 import math
+import tempfile
 import types
 
+import comfy.clip_vision
 import comfy.ldm.models.autoencoder
 import comfy.model_base
 import comfy.model_management
@@ -114,6 +117,25 @@ def tiny_sdxl_vae(seed: int = 2) -> comfy.sd.VAE:
     autoencoder = comfy.ldm.models.autoencoder.AutoencoderKL(**TINY_VAE_CONFIG["params"])
     state_dict = randomize_(autoencoder, seed).state_dict()
     return comfy.sd.VAE(sd=state_dict, config=TINY_VAE_CONFIG, dtype=torch.float32)
+
+
+# ViT-H's widths (1280 hidden, 1024 image embeds) at 56 px, 2 layers (so the penultimate layer exists).
+TINY_CLIP_VISION_CONFIG = {
+    "attention_dropout": 0.0, "dropout": 0.0, "hidden_act": "gelu", "hidden_size": 1280, "image_size": 56,
+    "initializer_factor": 1.0, "initializer_range": 0.02, "intermediate_size": 64, "layer_norm_eps": 1e-05,
+    "model_type": "clip_vision_model", "num_attention_heads": 16, "num_channels": 3, "num_hidden_layers": 2,
+    "patch_size": 14, "projection_dim": 1024, "torch_dtype": "float32",
+}  # fmt: skip
+
+
+def tiny_clip_vision(seed: int = 3) -> comfy.clip_vision.ClipVisionModel:
+    with tempfile.TemporaryDirectory() as folder:
+        config = f"{folder}/clip_vision_config.json"
+        with open(config, "w") as file:
+            json.dump(TINY_CLIP_VISION_CONFIG, file)
+        clip_vision = comfy.clip_vision.ClipVisionModel(config)
+    randomize_(clip_vision.model, seed)
+    return clip_vision
 
 
 def tiny_conditioning(seed: int, tokens: int = 77) -> list:

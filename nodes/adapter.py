@@ -1,0 +1,87 @@
+"""Adapters: load one (ours or IP-Adapter), apply it to a MODEL with its sources and weights."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..bolid_core.adapter import Adapter, Source, load_adapter
+from ..bolid_core.adapter.tokens import ReferenceCombine
+from ..bolid_core.comfy.attn2 import apply_adapter
+from ..bolid_core.comfy.folders import model_choices, resolve_model_choice
+from ..bolid_core.comfy.sources import SourceInputs, applied_sources
+from .types import AdapterType, BodyIDType, FaceEmbedsType
+
+ADAPTER_FOLDERS = ("bolid", "ipadapter")
+
+
+class AdapterLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="BoLIDAdapterLoader",
+            display_name="BoLID Adapter Loader",
+            category="BoLID/adapter",
+            description=(
+                "Loads a BoLID adapter (models/bolid) or an IP-Adapter as published (models/ipadapter): plain, "
+                "plus, FaceID and FaceID-Plus-v2 SDXL files, .safetensors or .bin."
+            ),
+            inputs=[io.Combo.Input("adapter_name", options=model_choices(*ADAPTER_FOLDERS))],
+            outputs=[AdapterType.Output(display_name="adapter")],
+        )
+
+    @classmethod
+    def execute(cls, adapter_name: str) -> io.NodeOutput:
+        return io.NodeOutput(load_adapter(resolve_model_choice(adapter_name, ADAPTER_FOLDERS)))
+
+
+class ApplyAdapter(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        weight = lambda name, tip: io.Float.Input(name, default=1.0, min=-1.0, max=5.0, step=0.05, tooltip=tip)  # noqa: E731
+        return io.Schema(
+            node_id="BoLIDApplyAdapter",
+            display_name="BoLID Apply Adapter",
+            category="BoLID/adapter",
+            description=(
+                "Adds the adapter's sources to every cross-attention layer: Z' = Attn(Q,K_t,V_t) + sum of "
+                "weight x Attn(Q,K_s,V_s) over the reference image, face and body sources it is given."
+            ),
+            inputs=[
+                io.Model.Input("model"),
+                AdapterType.Input("adapter"),
+                weight("image_weight", "Weight of the reference-image source."),
+                weight("face_weight", "Weight of the face (identity) source."),
+                weight("body_weight", "Weight of the body source."),
+                io.Float.Input("start_at", default=0.0, min=0.0, max=1.0, step=0.01),
+                io.Float.Input("end_at", default=1.0, min=0.0, max=1.0, step=0.01),
+                io.Combo.Input(
+                    "combine_references", options=[mode.value for mode in ReferenceCombine],
+                    tooltip="Several references: average their tokens, or concatenate them.",
+                ),
+                io.Float.Input(
+                    "faceid_v2_shortcut", default=1.0, min=0.0, max=5.0, step=0.05,
+                    tooltip="FaceID-Plus-v2 only: weight of the CLIP-refined identity added to the ArcFace tokens.",
+                ),
+                io.ClipVision.Input("clip_vision", optional=True),
+                io.Image.Input("image", optional=True, tooltip="Reference image(s) for the image source."),
+                FaceEmbedsType.Input("face_embeds", optional=True),
+                BodyIDType.Input("body_id", optional=True),
+                io.Mask.Input("attn_mask", optional=True, tooltip="Where the adapter acts; any resolution."),
+            ],
+            outputs=[io.Model.Output()],
+        )  # fmt: skip
+
+    @classmethod
+    def execute(
+        cls, model, adapter: Adapter, image_weight: float, face_weight: float, body_weight: float,
+        start_at: float, end_at: float, combine_references: str, faceid_v2_shortcut: float,
+        clip_vision=None, image=None, face_embeds=None, body_id=None, attn_mask=None,
+    ) -> io.NodeOutput:  # fmt: skip
+        if start_at > end_at:
+            raise ValueError(f"start_at ({start_at}) is after end_at ({end_at}).")
+        inputs = SourceInputs(
+            clip_vision, image, face_embeds, body_id,
+            {Source.IMAGE: image_weight, Source.FACE: face_weight, Source.BODY: body_weight},
+            start_at, end_at, ReferenceCombine(combine_references), attn_mask, faceid_v2_shortcut,
+        )  # fmt: skip
+        return io.NodeOutput(apply_adapter(model, adapter, applied_sources(model, adapter, inputs)))
