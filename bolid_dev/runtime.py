@@ -43,6 +43,25 @@ def comfyui_dir() -> Path:
     return path
 
 
+def import_comfy_in_process(cpu: bool = True) -> Path:
+    """Make the real `comfy` package importable here (CPU mode); returns the ComfyUI folder.
+
+    ComfyUI's top-level `nodes` module must win over this pack's `nodes/` package, so ComfyUI goes
+    first on sys.path and nothing may have imported a foreign `nodes` before.
+    """
+    path = comfyui_dir()
+    for entry in (str(TEST_NODE_PACKS), str(path)):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    loaded = sys.modules.get("nodes")
+    if loaded is not None and not getattr(loaded, "__file__", "").startswith(str(path)):
+        raise RuntimeSetupError("this pack's nodes/ was imported as a top-level module before ComfyUI's `nodes`")
+    from comfy.cli_args import args
+
+    args.cpu = cpu
+    return path
+
+
 def link_pack(custom_nodes: Path) -> Path:
     """Make this checkout visible as custom_nodes/bolid-nodes; refuse to replace anything else there."""
     custom_nodes.mkdir(parents=True, exist_ok=True)

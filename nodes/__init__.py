@@ -3,9 +3,10 @@
 from comfy_api.latest import ComfyExtension, io
 
 from .adapter import AdapterLoader, ApplyAdapter
+from .face import FaceEmbed, InsightFaceLoader
 from .keypoints import KeypointsFromJSON, KeypointWeighting
 
 
 class BoLIDExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [KeypointsFromJSON, KeypointWeighting, AdapterLoader, ApplyAdapter]
+        return [KeypointsFromJSON, KeypointWeighting, AdapterLoader, ApplyAdapter, InsightFaceLoader, FaceEmbed]

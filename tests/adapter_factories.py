@@ -87,3 +87,17 @@ def nested(state: dict) -> dict:
         group, rest = key.split(".", 1)
         tree[group][rest] = value
     return tree
+
+
+def faceid_ip_adapter(context_dim=2048, widths=TINY_SDXL_WIDTHS, face_dim=512, tokens=4, seed=0) -> dict:
+    """ip-adapter-faceid_sdxl's layout: an MLP from the ArcFace embedding, no CLIP vision."""
+    g = torch.Generator().manual_seed(seed)
+    state = {
+        "image_proj.proj.0.weight": _randn(g, 2 * face_dim, face_dim),
+        "image_proj.proj.0.bias": _randn(g, 2 * face_dim),
+        "image_proj.proj.2.weight": _randn(g, tokens * context_dim, 2 * face_dim),
+        "image_proj.proj.2.bias": _randn(g, tokens * context_dim),
+    }
+    _layer_norm(state, "image_proj.norm", context_dim, g)
+    _kv_layers(state, g, context_dim, widths, with_lora=True)
+    return state

@@ -12,7 +12,6 @@ import asyncio
 import concurrent.futures
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -51,19 +50,9 @@ def test_output() -> Path:
 
 @pytest.fixture(scope="session")
 def comfy_path() -> Path:
-    from bolid_dev.runtime import comfyui_dir
+    from bolid_dev.runtime import import_comfy_in_process
 
-    path = comfyui_dir()
-    # ComfyUI's top-level `nodes` module must win over this pack's `nodes/` package.
-    for entry in (str(TEST_NODE_PACKS), str(path)):
-        if entry not in sys.path:
-            sys.path.insert(0, entry)
-    if "nodes" in sys.modules and not getattr(sys.modules["nodes"], "__file__", "").startswith(str(path)):
-        raise RuntimeError("this pack's nodes/ was imported as a top-level module before ComfyUI's `nodes`")
-    from comfy.cli_args import args
-
-    args.cpu = True
-    return path
+    return import_comfy_in_process()
 
 
 @pytest.fixture(scope="session")

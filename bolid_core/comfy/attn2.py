@@ -52,7 +52,10 @@ class AppliedSource:
 
 @dataclass
 class AppliedAdapter:
-    """An adapter's weights and applied sources, shared by its per-layer patches; caches K/V per device."""
+    """An adapter's weights and applied sources, shared by its per-layer patches.
+
+    Caches what does not change across steps: each layer's K/V and each mask on each block grid.
+    """
 
     adapter: Adapter
     sources: list[AppliedSource]
@@ -70,6 +73,16 @@ class AppliedAdapter:
             weight_v = projection.to_v.weight.to(like.device, like.dtype)
             tokens = tokens.to(like.device, like.dtype)
             self._kv_cache[key] = (tokens @ weight_k.T, tokens @ weight_v.T)
+        return self._kv_cache[key]
+
+    def mask(self, index: int, latent_hw: tuple[int, int], queries: int, like: torch.Tensor) -> torch.Tensor | None:
+        """One source's mask on a block's query grid, resized once per grid and device."""
+        mask = self.sources[index].mask
+        if mask is None:
+            return None
+        key = ("mask", index, latent_hw, queries, like.device)
+        if key not in self._kv_cache:
+            self._kv_cache[key] = mask_to_queries(mask.to(like.device), latent_hw, queries)
         return self._kv_cache[key]
 
 
@@ -112,10 +125,7 @@ class AdapterAttentionPatch:
                 key, value = self.applied.kv(self.layer, index, on, q)
                 keys.append(key.expand(per_chunk, -1, -1))
                 values.append(value.expand(per_chunk, -1, -1))
-            mask = None
-            if applied.mask is not None:
-                latent_hw = tuple(extra_options["original_shape"][-2:])
-                mask = mask_to_queries(applied.mask.to(q.device), latent_hw, q.shape[1])
+            mask = self.applied.mask(index, tuple(extra_options["original_shape"][-2:]), q.shape[1], q)
             sources.append(
                 SourceKV(torch.cat(keys), torch.cat(values), applied.weight * in_window.float(), mask, applied.hook)
             )

@@ -43,3 +43,19 @@ def resolve_model_choice(choice: str, folders: tuple[str, ...]) -> str:
             f"'{name}' is not in models/{folder} ({places}). Put the file there, then refresh the editor (R)."
         )
     return path
+
+
+STANDARD_FACE_PACKS = ("buffalo_l", "antelopev2")
+
+
+def insightface_root() -> str:
+    """models/insightface: packs live in its models/<name>/ subfolder, as insightface lays them out."""
+    return folder_paths.get_folder_paths("insightface")[0]
+
+
+def insightface_packs() -> list[str]:
+    """Pack folders found under models/insightface/models, plus the standard names (so a missing one can be
+    picked and its error says where the files go)."""
+    packs = os.path.join(insightface_root(), "models")
+    found = sorted(entry.name for entry in os.scandir(packs) if entry.is_dir()) if os.path.isdir(packs) else []
+    return found + [name for name in STANDARD_FACE_PACKS if name not in found]

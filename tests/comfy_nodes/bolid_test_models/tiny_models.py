@@ -48,6 +48,15 @@ TINY_UNET_CONFIG = {
 # Same widths as SDXL's CLIP-L and CLIP-G (768 + 1280 = 2048 context), three layers each so the
 # penultimate-layer outputs SDXL uses exist (ComfyUI wants |layer_idx| < layers).
 _TINY_TEXT_LAYERS = {"num_hidden_layers": 3, "intermediate_size": 64}
+# SDXL base's real UNet (comfy/model_detection.py), for benchmarks: 2.6 B parameters, 70 attn2 layers.
+FULL_UNET_CONFIG = {
+    **TINY_UNET_CONFIG,
+    "model_channels": 320,
+    "transformer_depth": [0, 0, 2, 2, 10, 10],
+    "transformer_depth_middle": 10,
+    "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
+}
+
 TINY_CLIP_OPTIONS = {"clip_l_model_config": _TINY_TEXT_LAYERS, "clip_g_model_config": _TINY_TEXT_LAYERS}
 
 TINY_VAE_CONFIG = {
@@ -74,26 +83,26 @@ def randomize_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     """Fill every parameter with seeded values scaled by fan-in, so activations stay O(1).
 
     ComfyUI's layers skip initialisation (their weights are meant to be loaded), so a model built
-    from its classes holds uninitialised memory until this runs.
+    from its classes holds uninitialised memory until this runs. Filled in place: no copies, so
+    a full-size SDXL UNet initialises within its own memory.
     """
     generator = torch.Generator().manual_seed(seed)
     for name, param in module.named_parameters():
         if param.ndim >= 2:
-            fan_in = math.prod(param.shape[1:])
-            values = torch.randn(param.shape, generator=generator) / math.sqrt(fan_in)
+            param.normal_(0.0, 1.0 / math.sqrt(math.prod(param.shape[1:])), generator=generator)
         elif name.endswith("bias"):
-            values = torch.zeros(param.shape)
+            param.zero_()
         elif "norm" in name:
-            values = torch.ones(param.shape)
+            param.fill_(1.0)
         else:
-            values = torch.randn(param.shape, generator=generator) * 0.02
-        param.copy_(values.to(param.dtype))
+            param.normal_(0.0, 0.02, generator=generator)
     return module.requires_grad_(False)
 
 
-def tiny_sdxl_model(seed: int = 0) -> comfy.model_patcher.ModelPatcher:
-    model_config = comfy.supported_models.SDXL(TINY_UNET_CONFIG)
-    model_config.set_inference_dtype(torch.float32, None)
+def sdxl_model(unet_config: dict, seed: int, dtype: torch.dtype = torch.float32) -> comfy.model_patcher.ModelPatcher:
+    """An SDXL model of any size from ComfyUI's classes, seeded random weights, in a real ModelPatcher."""
+    model_config = comfy.supported_models.SDXL(unet_config)
+    model_config.set_inference_dtype(dtype, None)
     model = comfy.model_base.SDXL(model_config, device="cpu")
     randomize_(model.diffusion_model, seed)
     model.eval()
@@ -102,6 +111,10 @@ def tiny_sdxl_model(seed: int = 0) -> comfy.model_patcher.ModelPatcher:
         load_device=comfy.model_management.get_torch_device(),
         offload_device=comfy.model_management.unet_offload_device(),
     )
+
+
+def tiny_sdxl_model(seed: int = 0) -> comfy.model_patcher.ModelPatcher:
+    return sdxl_model(TINY_UNET_CONFIG, seed)
 
 
 def tiny_sdxl_clip(seed: int = 1) -> comfy.sd.CLIP:

@@ -1,0 +1,230 @@
+"""Face embeddings with insightface: the largest face of each image → ArcFace embedding and aligned crop.
+
+Model packs live in `<models_root>/models/<name>/` (ComfyUI: models/insightface/models/buffalo_l). Nothing is
+ever downloaded: a missing pack is an error that says where to put it. insightface, onnxruntime and OpenCV are
+imported only when a pack is loaded, so this module imports without them.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .embeds import FaceEmbeds
+
+# Largest first: a face too large for the detector at 640 is often found once the image is scaled down.
+DET_SIZES = (640, 576, 512, 448, 384, 320)
+DEFAULT_CROP_SIZE = 256
+DET_THRESHOLD = 0.5
+MODULES = ("detection", "recognition")
+
+
+class ExecutionProvider(enum.Enum):
+    """ONNX Runtime execution providers, by the names ONNX Runtime gives them."""
+
+    CPU = "CPUExecutionProvider"
+    CUDA = "CUDAExecutionProvider"
+    ROCM = "ROCMExecutionProvider"
+    DirectML = "DmlExecutionProvider"
+    OpenVINO = "OpenVINOExecutionProvider"
+    CoreML = "CoreMLExecutionProvider"
+
+
+class FaceModelError(RuntimeError):
+    """A face model pack or execution provider that cannot be used; the message says what to do."""
+
+
+class NoFaceError(ValueError):
+    """An input image in which no face was found."""
+
+
+class FaceAnalyzer:
+    """A loaded insightface pack (detector + ArcFace recogniser) that embeds the largest face of each image."""
+
+    def __init__(self, analysis: Any, pack_dir: Path, det_sizes: Sequence[int] = DET_SIZES) -> None:
+        self.analysis = analysis
+        self.pack_dir = pack_dir
+        fixed = _fixed_detector_size(analysis.det_model)
+        # A detector with a fixed input size runs at that size only.
+        self.detection_sizes: tuple[tuple[int, int], ...] = (fixed,) if fixed else tuple((s, s) for s in det_sizes)
+
+    def find_face(self, image_bgr: np.ndarray) -> Any | None:
+        """The largest face (an insightface Face with bbox, kps, det_score) at the first size that finds one."""
+        from insightface.app.common import Face
+
+        for size in self.detection_sizes:
+            boxes, landmarks = self.analysis.det_model.detect(image_bgr, input_size=size, max_num=0)
+            if len(boxes):
+                areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+                k = int(np.argmax(areas))
+                return Face(bbox=boxes[k, :4], kps=landmarks[k], det_score=boxes[k, 4])
+        return None
+
+    def embed(
+        self,
+        images: torch.Tensor,
+        crop_size: int = DEFAULT_CROP_SIZE,
+        progress: Callable[[int, int], None] | None = None,
+        check_interrupt: Callable[[], None] | None = None,
+    ) -> FaceEmbeds:
+        """images: (N, H, W, C) floats in [0, 1], C = 3 (RGB), 1 (grey) or 4 (RGBA, alpha dropped).
+
+        Returns the L2-normalised ArcFace embedding (N, 512) of each image's largest face and its aligned crop
+        (N, crop_size, crop_size, 3) in [0, 1]. `check_interrupt()` runs before and `progress(i, N)` after image i.
+        """
+        from insightface.utils import face_align
+
+        _check_crop_size(crop_size)
+        batch = to_uint8_bgr(images)
+        recognizer = self.analysis.models["recognition"]
+        embeddings, crops = [], []
+        for index, image in enumerate(batch):
+            if check_interrupt is not None:
+                check_interrupt()
+            face = self.find_face(image)
+            if face is None:
+                raise NoFaceError(self._no_face_message(index))
+            embeddings.append(np.asarray(recognizer.get(image, face), dtype=np.float32).reshape(-1))
+            crops.append(face_align.norm_crop(image, landmark=face.kps, image_size=crop_size)[..., ::-1].copy())
+            if progress is not None:
+                progress(index + 1, len(batch))
+        arcface = F.normalize(torch.from_numpy(np.stack(embeddings)), dim=-1)
+        return FaceEmbeds(arcface=arcface, crops=torch.from_numpy(np.stack(crops)).float() / 255.0)
+
+    def _no_face_message(self, index: int) -> str:
+        tried = ", ".join(f"{w}x{h}" for w, h in self.detection_sizes)
+        return (
+            f"No face detected in image {index} (detection sizes tried: {tried}). "
+            "Use a clearer, larger, frontal face, or crop the image closer to the face."
+        )
+
+
+def load_face_analysis(
+    models_root: str | Path, name: str, provider: ExecutionProvider | str = ExecutionProvider.CPU
+) -> FaceAnalyzer:
+    """Loads the detector and recogniser of `<models_root>/models/<name>` on `provider`; never downloads."""
+    root = Path(models_root).expanduser().absolute()
+    pack_dir = find_model_pack(root, name)
+    providers = onnx_providers(provider)
+    try:
+        analysis = _open_face_analysis(pack_dir, root, providers)
+    except AssertionError as error:  # insightface asserts that the pack has a detector
+        raise FaceModelError(
+            f"No face detector found in {pack_dir}: it needs the pack's SCRFD detector (e.g. det_10g.onnx in "
+            "buffalo_l). Put the complete pack folder there."
+        ) from error
+    if "recognition" not in analysis.models:
+        raise FaceModelError(
+            f"No ArcFace recogniser found in {pack_dir}: it needs the pack's recognition model "
+            "(e.g. w600k_r50.onnx in buffalo_l). Put the complete pack folder there."
+        )
+    if not getattr(analysis.det_model, "use_kps", False):
+        raise FaceModelError(
+            f"The face detector in {pack_dir} gives no facial landmarks, which alignment needs. "
+            "Use a pack whose SCRFD detector has keypoints, such as buffalo_l or antelopev2."
+        )
+    analysis.prepare(ctx_id=0, det_thresh=DET_THRESHOLD, det_size=(DET_SIZES[0], DET_SIZES[0]))
+    return FaceAnalyzer(analysis, pack_dir)
+
+
+def find_model_pack(models_root: str | Path, name: str) -> Path:
+    """The folder of pack `name` holding its .onnx files; also accepts the name/name nesting of some zips."""
+    if not name or name in (".", "..") or Path(name).name != name or "\\" in name:
+        raise ValueError(f"Face model pack name must be a plain folder name; got {name!r}.")
+    base = Path(models_root) / "models"
+    folder = base / name
+    if not folder.is_dir():
+        raise FaceModelError(
+            f"Face model pack {name!r} not found: put the {name} folder with its .onnx files in {base} "
+            f"(expected {folder}). Nothing is downloaded automatically."
+        )
+    if not _onnx_files(folder) and _onnx_files(folder / name):
+        folder = folder / name
+    if not _onnx_files(folder):
+        raise FaceModelError(
+            f"Face model pack folder {folder} has no .onnx files: put the {name} model files "
+            "(its detector and recogniser .onnx) directly in it."
+        )
+    return folder
+
+
+def onnx_providers(provider: ExecutionProvider | str) -> list[str]:
+    """ONNX Runtime provider list for `provider` (with CPU fallback); a clear error if it is not installed."""
+    import onnxruntime
+
+    provider = _as_provider(provider)
+    available = onnxruntime.get_available_providers()
+    if provider.value not in available:
+        raise FaceModelError(
+            f"The {provider.name} execution provider ({provider.value}) is not available in this ONNX Runtime. "
+            f"Available: {', '.join(available)}. Pick one of those, or install the ONNX Runtime build for "
+            "your hardware (e.g. onnxruntime-gpu for CUDA)."
+        )
+    return [provider.value] if provider is ExecutionProvider.CPU else [provider.value, ExecutionProvider.CPU.value]
+
+
+def to_uint8_bgr(images: torch.Tensor) -> np.ndarray:
+    """(N, H, W, C) floats in [0, 1] → (N, H, W, 3) uint8 BGR, the layout insightface reads."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(
+            f"Face images must be an IMAGE tensor shaped (N, H, W, 3), (N, H, W, 1) or (N, H, W, 4); got {shape}."
+        )
+    if images.shape[0] == 0:
+        raise ValueError("Face images: the batch is empty.")
+    pixels = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    if pixels.shape[-1] == 1:
+        pixels = np.repeat(pixels, 3, axis=-1)
+    return np.ascontiguousarray(pixels[..., 2::-1])  # RGB(A) → BGR; alpha dropped
+
+
+def _as_provider(provider: ExecutionProvider | str) -> ExecutionProvider:
+    if isinstance(provider, ExecutionProvider):
+        return provider
+    for member in ExecutionProvider:
+        if provider in (member.name, member.value):
+            return member
+    names = ", ".join(member.name for member in ExecutionProvider)
+    raise ValueError(f"Unknown execution provider {provider!r}; use one of {names}.")
+
+
+def _check_crop_size(crop_size: int) -> None:
+    # insightface's alignment template is defined for multiples of 112 or 128.
+    if crop_size <= 0 or (crop_size % 112 and crop_size % 128):
+        raise ValueError(f"Face crop size must be a positive multiple of 112 or 128 (e.g. 224, 256); got {crop_size}.")
+
+
+def _onnx_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.onnx")) if folder.is_dir() else []
+
+
+# --- where insightface 0.7.x and 2.x differ ----------------------------------------------------------------------
+
+
+def _open_face_analysis(pack_dir: Path, models_root: Path, providers: list[str]) -> Any:
+    import insightface
+    from insightface.app import FaceAnalysis
+
+    options = {"allowed_modules": list(MODULES), "providers": providers}
+    if int(insightface.__version__.split(".")[0]) >= 1:
+        # 2.x loads an existing directory as it is; only a bare pack name is looked up and downloaded.
+        return FaceAnalysis(name=str(pack_dir), **options)
+    # 0.7.x always reads <root>/models/<name> and downloads only when that folder is missing.
+    relative = pack_dir.relative_to(models_root / "models").as_posix()
+    return FaceAnalysis(name=relative, root=str(models_root), **options)
+
+
+def _fixed_detector_size(det_model: Any) -> tuple[int, int] | None:
+    """(width, height) when the detector's ONNX input has a fixed size, else None."""
+    if hasattr(det_model, "static_input_size"):
+        # 2.x reads the ONNX graph: a session with a fixed size (CoreML) may still run a dynamic graph at any size.
+        size = det_model.static_input_size
+        return (int(size[0]), int(size[1])) if size else None
+    height, width = det_model.input_shape[2:4]
+    return (width, height) if isinstance(height, int) and isinstance(width, int) else None

@@ -1,0 +1,76 @@
+"""Tier 2: insightface pack -> face embed -> FaceID adapter on a tiny SDXL, through the pack's node classes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from adapter_factories import faceid_ip_adapter
+from onnx_factories import build_model_pack, face_image
+from safetensors.torch import save_file
+
+
+@pytest.fixture()
+def face_folders(comfy_nodes: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    import folder_paths
+
+    build_model_pack(tmp_path / "insightface")
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "insightface", ([str(tmp_path / "insightface")], set()))
+    adapters = tmp_path / "ipadapter"
+    adapters.mkdir()
+    state = {key: value.contiguous() for key, value in faceid_ip_adapter().items()}
+    save_file(state, str(adapters / "ip-adapter-faceid_sdxl.safetensors"))
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "ipadapter", ([str(adapters)], {".safetensors"}))
+    folder_paths.filename_list_cache.clear()
+    return tmp_path
+
+
+def faces(*images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.stack(images)).float() / 255.0
+
+
+def sample(model) -> torch.Tensor:
+    import comfy.sample
+    from bolid_test_models.tiny_models import tiny_conditioning
+
+    latent = torch.zeros((1, 4, 16, 16))
+    noise = comfy.sample.prepare_noise(latent, 0)
+    return comfy.sample.sample(
+        model, noise, 2, 4.0, "euler", "normal", tiny_conditioning(1), tiny_conditioning(2), latent
+    )
+
+
+def apply(comfy_nodes: dict, model, adapter, face_embeds, face_weight: float):
+    (patched,) = comfy_nodes["BoLIDApplyAdapter"].execute(
+        model, adapter, image_weight=1.0, face_weight=face_weight, body_weight=1.0, start_at=0.0, end_at=1.0,
+        combine_references="average", faceid_v2_shortcut=1.0, face_embeds=face_embeds,
+    ).result  # fmt: skip
+    return patched
+
+
+def test_face_embeddings_drive_a_faceid_adapter(comfy_nodes: dict, face_folders: Path, tiny_model) -> None:
+    info = comfy_nodes["BoLIDInsightFaceLoader"].GET_SCHEMA()
+    assert "buffalo_l" in info.inputs[0].options
+    (analyzer,) = comfy_nodes["BoLIDInsightFaceLoader"].execute("buffalo_l", "CPU").result
+    images = faces(face_image(640, 640, [(320, 320, 40)]), face_image(640, 640, [(288, 352, 36)]))
+    (embeds,) = comfy_nodes["BoLIDFaceEmbed"].execute(analyzer, images, 256).result
+    assert embeds.arcface.shape == (2, 512) and embeds.crops.shape == (2, 256, 256, 3)
+    torch.testing.assert_close(embeds.arcface.norm(dim=-1), torch.ones(2))
+
+    (adapter,) = comfy_nodes["BoLIDAdapterLoader"].execute("ipadapter/ip-adapter-faceid_sdxl.safetensors").result
+    baseline = sample(tiny_model)
+    torch.testing.assert_close(
+        sample(apply(comfy_nodes, tiny_model, adapter, embeds, 0.0)), baseline, rtol=0, atol=1e-5
+    )
+    assert (sample(apply(comfy_nodes, tiny_model, adapter, embeds, 1.0)) - baseline).abs().max() > 1e-3
+
+
+def test_no_face_is_a_clear_node_error(comfy_nodes: dict, face_folders: Path) -> None:
+    (analyzer,) = comfy_nodes["BoLIDInsightFaceLoader"].execute("buffalo_l", "CPU").result
+    images = faces(face_image(640, 640, [(320, 320, 40)]), np.zeros((640, 640, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match="No face detected in image 1"):
+        comfy_nodes["BoLIDFaceEmbed"].execute(analyzer, images, 256)
+    with pytest.raises(RuntimeError, match=r"put the antelopev2 folder with its \.onnx files in"):
+        comfy_nodes["BoLIDInsightFaceLoader"].execute("antelopev2", "CPU")
