@@ -131,3 +131,44 @@ def test_adapter_for_another_model_is_refused(tiny_model, adapter_file) -> None:
     full_size = load_adapter(adapter_file(widths=(640,) * 4 + (1280,) * 20 + (1280,) * 30 + (640,) * 6 + (1280,) * 10))
     with pytest.raises(AdapterFormatError, match="has 70 cross-attention layers; the model has 11"):
         apply_adapter(tiny_model, full_size, [])
+
+
+class ForeignPatch:
+    """Another pack's attn2 patch: text attention plus a contribution of its own."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, q, k, v, extra_options):
+        from comfy.ldm.modules.attention import optimized_attention
+
+        self.calls += 1
+        return optimized_attention(q, k, v, extra_options["n_heads"]) + 0.25 * q
+
+
+def test_stacks_on_a_foreign_patch_without_touching_it(tiny_model, adapter_file) -> None:
+    from bolid_core.comfy.attn2 import apply_adapter, attn2_layer_keys
+
+    foreign = tiny_model.clone()
+    for key, _ in attn2_layer_keys(foreign):
+        foreign.set_model_attn2_replace(ForeignPatch(), *key)
+    before = dict(foreign.model_options["transformer_options"]["patches_replace"]["attn2"])
+    adapter = load_adapter(adapter_file())
+    stacked = apply_adapter(foreign, adapter, [applied_source(adapter, 1.0)])
+    assert foreign.model_options["transformer_options"]["patches_replace"]["attn2"] == before
+    key = ("input", 7, 0)
+    ours = stacked.model_options["transformer_options"]["patches_replace"]["attn2"][key]
+    alone = apply_adapter(tiny_model, adapter, [applied_source(adapter, 1.0)])
+    ours_alone = alone.model_options["transformer_options"]["patches_replace"]["attn2"][key]
+    g = torch.Generator().manual_seed(12)
+    q, k, v = (torch.randn(2, 16, 128, generator=g) for _ in range(3))
+    extra = {
+        "n_heads": 2,
+        "cond_or_uncond": [1, 0],
+        "sigmas": torch.tensor([3.0, 3.0]),
+        "original_shape": [2, 4, 16, 16],
+    }
+    # foreign + ours = (text + 0.25 q) + (ours alone - text)
+    torch.testing.assert_close(ours(q, k, v, extra), ours_alone(q, k, v, extra) + 0.25 * q, rtol=1e-5, atol=1e-5)
+    assert ours.inner.calls == 1 and isinstance(ours.inner, ForeignPatch)
+    assert (sample(stacked) - sample(foreign)).abs().max() > 1e-3
