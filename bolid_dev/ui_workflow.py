@@ -45,8 +45,8 @@ def _depths(api: dict) -> dict[str, int]:
     return depths
 
 
-def _node_height(widgets: int, sockets: int, multiline: bool) -> int:
-    return 46 + 24 * (widgets + sockets) + (200 if multiline else 0)
+def _node_height(widgets: int, sockets: int, tall_widgets: int) -> int:
+    return 46 + 24 * (widgets + sockets) + 200 * tall_widgets
 
 
 def api_to_ui(api: dict, object_info: dict) -> dict:
@@ -59,7 +59,7 @@ def api_to_ui(api: dict, object_info: dict) -> dict:
     for node_id in node_ids:
         node = api[node_id]
         info = object_info[node["class_type"]]
-        inputs, widgets_values, multiline = [], [], False
+        inputs, widgets_values, tall_widgets = [], [], 0
         for name, spec in _ordered_inputs(info):
             value = node["inputs"].get(name)
             if _is_widget(spec):
@@ -67,7 +67,8 @@ def api_to_ui(api: dict, object_info: dict) -> dict:
                     continue
                 widgets_values.append(value)
                 options = spec[1] if len(spec) > 1 else {}
-                multiline |= bool(options.get("multiline"))
+                # Text boxes and image uploads (with their preview) need room beyond one widget row.
+                tall_widgets += bool(options.get("multiline") or options.get("image_upload"))
                 if options.get("control_after_generate"):
                     widgets_values.append("fixed")
                 continue
@@ -79,7 +80,7 @@ def api_to_ui(api: dict, object_info: dict) -> dict:
             inputs.append({"name": name, "type": spec[0], "link": link_id})
         column = depths[node_id]
         sockets = max(len(inputs), len(info["output"]))
-        height = _node_height(len(widgets_values), sockets, multiline)
+        height = _node_height(len(widgets_values), sockets, tall_widgets)
         y = next_y.get(column, 60)
         next_y[column] = y + height + ROW_GAP
         nodes.append({
