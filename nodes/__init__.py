@@ -3,10 +3,22 @@
 from comfy_api.latest import ComfyExtension, io
 
 from .adapter import AdapterLoader, ApplyAdapter
+from .body import (
+    BlendBodyIDs,
+    BodyEncoderLoader,
+    BodyIDFromImages,
+    LoadBodyID,
+    PoseModelLoader,
+    RandomBodyID,
+    SaveBodyID,
+)
 from .face import FaceEmbed, InsightFaceLoader
 from .keypoints import KeypointsFromJSON, KeypointWeighting
 
 
 class BoLIDExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [KeypointsFromJSON, KeypointWeighting, AdapterLoader, ApplyAdapter, InsightFaceLoader, FaceEmbed]
+        return [
+            KeypointsFromJSON, KeypointWeighting, AdapterLoader, ApplyAdapter, InsightFaceLoader, FaceEmbed,
+            PoseModelLoader, BodyEncoderLoader, BodyIDFromImages, SaveBodyID, LoadBodyID, RandomBodyID, BlendBodyIDs,
+        ]  # fmt: skip

@@ -11,15 +11,14 @@ import json
 import os
 import pickle
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
+from ..files import save_safetensors_atomic
 from .projections import FaceIDPlusProjection, MLPTokenProjection, PerceiverResampler, TokenProjection
 
 BOLID_FORMAT = "bolid-adapter"
@@ -279,14 +278,4 @@ def new_bolid_adapter(spec: AdapterSpec) -> Adapter:
 
 def save_adapter(adapter: Adapter, path: str | os.PathLike) -> Path:
     """Write a BoLID adapter as safetensors with its spec in the metadata, atomically."""
-    path = Path(path)
-    tensors = {key: value.detach().to("cpu").contiguous() for key, value in adapter.state_dict().items()}
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
-    try:
-        save_file(tensors, temporary, metadata=adapter.spec.to_metadata())
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-    return path
+    return save_safetensors_atomic(adapter.state_dict(), path, adapter.spec.to_metadata())

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from safetensors import safe_open
+
+from ..files import save_safetensors_atomic
+
+BODY_ID_FORMAT = "bolid-body-id"
+BODY_ID_FORMAT_VERSION = 1
+RANDOM_ENCODER = "prior"  # body IDs sampled from the prior fit any encoder of their size
 
 
 @dataclass(frozen=True)
@@ -18,3 +27,55 @@ class BodyID:
     def __post_init__(self) -> None:
         if self.c_body.ndim != 2 or self.c_body.shape[0] != 1:
             raise ValueError(f"c_body must be shaped (1, dim); got {tuple(self.c_body.shape)}.")
+
+    @property
+    def dim(self) -> int:
+        return self.c_body.shape[1]
+
+
+def save_body_id(body: BodyID, path: str | os.PathLike) -> Path:
+    metadata = {
+        "format": BODY_ID_FORMAT,
+        "format_version": str(BODY_ID_FORMAT_VERSION),
+        "source_count": str(body.source_count),
+        "encoder": body.encoder,
+    }
+    return save_safetensors_atomic({"c_body": body.c_body.float()}, path, metadata)
+
+
+def load_body_id(path: str | os.PathLike) -> BodyID:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Body ID {path} not found.")
+    with safe_open(str(path), framework="pt") as file:
+        metadata = dict(file.metadata() or {})
+        if metadata.get("format") != BODY_ID_FORMAT or "c_body" not in file.keys():
+            raise ValueError(f"{path.name} is not a saved body ID; pick a file written by BoLID Save Body ID.")
+        c_body = file.get_tensor("c_body")
+    if int(metadata.get("format_version", "0")) != BODY_ID_FORMAT_VERSION:
+        raise ValueError(f"{path.name} is body-ID format version {metadata.get('format_version')}; update the pack.")
+    return BodyID(c_body, int(metadata["source_count"]), metadata["encoder"])
+
+
+def sample_prior(dim: int, seed: int) -> BodyID:
+    """A random body: c_body ~ N(0, I), the VAE's prior."""
+    generator = torch.Generator().manual_seed(seed)
+    return BodyID(torch.randn((1, dim), generator=generator), 0, RANDOM_ENCODER)
+
+
+def blend_body_ids(bodies: list[BodyID], weights: list[float]) -> BodyID:
+    """Weighted mean of body latents made by the same encoder (or sampled from the prior)."""
+    if len(bodies) != len(weights) or not bodies:
+        raise ValueError("Give one weight per body ID.")
+    if sum(weights) <= 0 or any(w < 0 for w in weights):
+        raise ValueError("Blend weights must be non-negative and not all zero.")
+    dims = {body.dim for body in bodies}
+    encoders = {body.encoder for body in bodies} - {RANDOM_ENCODER}
+    if len(dims) > 1 or len(encoders) > 1:
+        raise ValueError(
+            "These body IDs come from different body encoders (or sizes) and cannot be blended: "
+            f"sizes {sorted(dims)}, encoders {sorted(encoders)}. Rebuild them with one encoder."
+        )
+    total = sum(weights)
+    c_body = sum(w * body.c_body for w, body in zip(weights, bodies, strict=True)) / total
+    return BodyID(c_body, sum(body.source_count for body in bodies), encoders.pop() if encoders else RANDOM_ENCODER)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import folder_paths
 
@@ -34,14 +35,47 @@ def resolve_model_choice(choice: str, folders: tuple[str, ...]) -> str:
     folder, _, name = choice.partition("/")
     if folder not in folders or not name:
         raise ValueError(f"'{choice}' is not a model of {', '.join(folders)}: pick one from the list.")
-    if os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
-        raise ValueError(f"'{choice}': model names are relative to models/{folder}; paths outside it are refused.")
+    return resolve_model_file(folder, name)
+
+
+def resolve_model_file(folder: str, name: str) -> str:
+    """Full path of `name` inside the model folder `folder`; names that leave the folder are refused."""
+    if not name or os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
+        raise ValueError(f"'{name}': model names are relative to models/{folder}; paths outside it are refused.")
     path = folder_paths.get_full_path(folder, name)
     if path is None:
         places = ", ".join(folder_paths.get_folder_paths(folder))
         raise FileNotFoundError(
             f"'{name}' is not in models/{folder} ({places}). Put the file there, then refresh the editor (R)."
         )
+    return path
+
+
+# Saved body IDs live in models/bolid/bodies; everything else in models/bolid is a model file.
+BODIES_SUBFOLDER = "bodies"
+_SAVE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}")
+
+
+def body_encoder_choices() -> list[str]:
+    return [name for name in folder_paths.get_filename_list("bolid") if not name.startswith(f"{BODIES_SUBFOLDER}/")]
+
+
+def body_id_choices() -> list[str]:
+    prefix = f"{BODIES_SUBFOLDER}/"
+    return [name[len(prefix) :] for name in folder_paths.get_filename_list("bolid") if name.startswith(prefix)]
+
+
+def body_id_path(name: str) -> str:
+    """models/bolid/bodies/<name>.safetensors for a plain file name; anything path-like is refused."""
+    stem = name[: -len(".safetensors")] if name.endswith(".safetensors") else name
+    if not _SAVE_NAME.fullmatch(stem) or stem.endswith("."):
+        raise ValueError(
+            f"'{name}' is not a plain file name: use letters, digits, spaces, '.', '_' or '-' (no folders)."
+        )
+    bodies = os.path.realpath(os.path.join(folder_paths.get_folder_paths("bolid")[0], BODIES_SUBFOLDER))
+    path = os.path.realpath(os.path.join(bodies, f"{stem}.safetensors"))
+    if os.path.commonpath([path, bodies]) != bodies:
+        raise ValueError(f"'{name}' leaves models/bolid/{BODIES_SUBFOLDER}; refused.")
     return path
 
 
