@@ -17,6 +17,8 @@ BASE_MODEL_LOADER = "CheckpointLoaderSimple"
 TINY_LOADER = "BoLIDTestTinyCheckpoint"
 # Other loaders of downloaded models and their tiny stand-ins; same outputs in the same order.
 TINY_STAND_INS = {BASE_MODEL_LOADER: TINY_LOADER, "CLIPVisionLoader": "BoLIDTestTinyClipVision"}
+# Random-weight detectors score near zero: the thresholds they can meet, so the graph runs on through.
+RANDOM_MODEL_SETTINGS = {"BoLIDBodyIDFromImages": {"detection_confidence": 1e-4, "keypoint_confidence": 0.3}}
 _SDXL_ADM_WIDTH = 2816  # SDXL's label_emb input: pooled CLIP-G (1280) + 6 size/crop embeddings
 
 
@@ -29,12 +31,14 @@ def api_workflow_names() -> list[str]:
 
 
 def with_tiny_models(workflow: dict, seed: int = 0) -> dict:
-    """The same graph with every base-model (and CLIP-vision) loader swapped for a tiny random one."""
+    """The same graph on tiny random models: base-model and CLIP-vision loaders swapped for tiny ones,
+    detection thresholds lowered to what random detectors reach."""
     swapped = copy.deepcopy(workflow)
     for node in swapped.values():
         if node["class_type"] in TINY_STAND_INS:
             node["class_type"] = TINY_STAND_INS[node["class_type"]]
             node["inputs"] = {"seed": seed}
+        node["inputs"].update(RANDOM_MODEL_SETTINGS.get(node["class_type"], {}))
     return swapped
 
 

@@ -117,8 +117,41 @@ def _install_test_assets(base: Path) -> None:
     plus = {key: value.contiguous() for key, value in plus_ip_adapter().items()}
     save_file(plus, str(adapters / "ip-adapter-plus_sdxl_vit-h.safetensors"))
     (base / "input").mkdir(exist_ok=True)
-    pixels = np.random.default_rng(0).integers(0, 255, (96, 80, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(base / "input" / "bolid_reference.png")
+    rng = np.random.default_rng(0)
+    for name, size in (
+        ("bolid_reference", (96, 80)),
+        ("bolid_body_front", (192, 128)),
+        ("bolid_body_side", (160, 128)),
+    ):
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(base / "input" / f"{name}.png")
+    _install_body_assets(base)
+
+
+def _install_body_assets(base: Path) -> None:
+    """A random YOLO11-pose model, a small body VAE, a BoLID adapter (image + body) and a saved body."""
+    import torch
+    from adapter_factories import TINY_SDXL_WIDTHS
+    from ultralytics import YOLO
+
+    from bolid_core.adapter import AdapterKind, AdapterSpec, ClipInput, Source, new_bolid_adapter, save_adapter
+    from bolid_core.body import sample_prior, save_body_id
+    from bolid_core.body.vae import BodyVAE, BodyVAEConfig, save_body_vae
+
+    (base / "models" / "ultralytics").mkdir(parents=True)
+    torch.manual_seed(0)
+    YOLO("yolo11n-pose.yaml").save(str(base / "models" / "ultralytics" / "yolo11n-pose.pt"))
+    bolid = base / "models" / "bolid"
+    save_body_vae(BodyVAE(BodyVAEConfig(image_size=64, channels=(16, 32))), bolid / "bolid_body_vae.safetensors")
+    spec = AdapterSpec(
+        AdapterKind.BOLID, 2048, TINY_SDXL_WIDTHS, {Source.IMAGE: 4, Source.BODY: 4},
+        clip_dim=1024, clip_input=ClipInput.EMBEDS, body_dim=756,
+    )  # fmt: skip
+    adapter = new_bolid_adapter(spec)
+    with torch.no_grad():
+        for parameter in adapter.parameters():
+            parameter.normal_(0.0, 0.05)
+    save_adapter(adapter, bolid / "bolid_sdxl_adapter.safetensors")
+    save_body_id(sample_prior(756, seed=1), bolid / "bodies" / "my_body.safetensors")
 
 
 def _skip_first_run_dialogs(base: Path) -> None:

@@ -127,3 +127,37 @@ def test_adapter_that_does_not_fit_is_a_clear_error(client) -> None:
     workflow["7"]["inputs"]["adapter_name"] = "ipadapter/../../secrets.safetensors"
     with pytest.raises(WorkflowError, match=r"not in list|paths outside it are refused"):
         client.run(workflow, timeout_s=300)
+
+
+def test_views_to_saved_body_then_text_and_body_alone(client, comfy_server) -> None:
+    from bolid_core.body import load_body_id
+
+    saved = comfy_server.base_directory / "models" / "bolid" / "bodies" / "e2e_body.safetensors"
+    views = with_tiny_models(load_api_workflow("bolid_body_id_from_views"))
+    views["4"]["inputs"].update(width=128, height=128)
+    views["12"]["inputs"]["name"] = "e2e_body"
+    entry = client.run(views, timeout_s=600)
+    body = load_body_id(saved)
+    assert body.source_count == 2 and body.encoder != "prior", "the body ID built from 2 views was not saved"
+    assert client.output_images(entry, "13") and client.output_images(entry, "17")
+
+    # The body saved a moment ago is in the load node's list, and text plus that body is enough.
+    text_only = with_tiny_models(load_api_workflow("bolid_text_and_saved_body"))
+    text_only["4"]["inputs"].update(width=128, height=128)
+    text_only["6"]["inputs"]["body"] = "e2e_body.safetensors"
+    with_body = _decoded(client, text_only, "10")
+    text_only["7"]["inputs"]["body_weight"] = 0.0
+    without = _decoded(client, text_only, "10")
+    assert np.abs(with_body - without).max() > 0, "the saved body had no effect"
+
+
+def test_body_id_errors_are_clear(client) -> None:
+    views = with_tiny_models(load_api_workflow("bolid_body_id_from_views"))
+    views["11"]["inputs"]["detection_confidence"] = 1.0
+    views["4"]["inputs"].update(width=64, height=64)
+    with pytest.raises(WorkflowError, match="No view shows a person"):
+        client.run(views, timeout_s=300)
+    views["11"]["inputs"]["detection_confidence"] = 1e-4
+    views["12"]["inputs"]["name"] = "../../escape"
+    with pytest.raises(WorkflowError, match="is not a plain file name"):
+        client.run(views, timeout_s=300)
