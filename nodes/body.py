@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from comfy_api.latest import io
 
 from ..bolid_core.body import BodyID, blend_body_ids, load_body_id, sample_prior, save_body_id
@@ -17,6 +19,8 @@ from ..bolid_core.comfy.folders import (
 )
 from ..bolid_core.comfy.progress import progress_callbacks
 from .types import BodyEncoderType, BodyIDType, PoseModelType
+
+log = logging.getLogger("bolid")
 
 
 class PoseModelLoader(io.ComfyNode):
@@ -93,6 +97,8 @@ class BodyIDFromImages(io.ComfyNode):
         )  # fmt: skip
         weighting = WeightingParams(sigma, alpha)
         body = body_id_from_views(body_encoder.vae, body_encoder.identity, images, poses, weighting, check_interrupt)
+        for note in poses.notes:
+            log.warning("BoLID Body ID From Images: %s", note)
         report = "\n".join([f"body ID from {body.source_count} of {images.shape[0]} view(s).", *poses.notes])
         return io.NodeOutput(body, draw_preview(images, poses, weighting), report)
 
