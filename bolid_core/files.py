@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 
@@ -26,3 +27,22 @@ def save_safetensors_atomic(
         if os.path.exists(temporary):
             os.unlink(temporary)
     return path
+
+
+def read_pack_file(path: str | os.PathLike, file_format: str, version: int, what: str) -> tuple[dict, dict[str, str]]:
+    """Tensors and metadata of one of the pack's own safetensors files, after checking its format and version."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what[0].upper()}{what[1:]} {path} not found.")
+    with safe_open(str(path), framework="pt") as file:
+        metadata = dict(file.metadata() or {})
+        if metadata.get("format") != file_format:
+            found = metadata.get("format", "no format metadata")
+            raise ValueError(f"{path.name} is not a {what} ({found}); pick a {what} file.")
+        tensors = {key: file.get_tensor(key) for key in file.keys()}
+    if int(metadata.get("format_version", "0")) != version:
+        raise ValueError(
+            f"{path.name} is {what} format version {metadata.get('format_version')}; this pack reads version "
+            f"{version}. Update the pack, or write the file again."
+        )
+    return tensors, metadata

@@ -67,6 +67,15 @@ def plus_ip_adapter(context_dim=2048, widths=TINY_SDXL_WIDTHS, clip_dim=1280, di
 def faceid_plus_v2(context_dim=128, widths=(64, 128), clip_dim=96, face_dim=512, tokens=4, depth=2, seed=0) -> dict:
     """ip-adapter-faceid-plusv2_sdxl's layout: image_proj.{proj.0, proj.2, norm, perceiver_resampler.*}."""
     g = torch.Generator().manual_seed(seed)
+    state = _faceid_mlp(g, context_dim, face_dim, tokens)
+    heads = context_dim // 64
+    _perceiver(state, "image_proj.perceiver_resampler.", g, clip_dim, context_dim, context_dim, depth, heads)
+    _kv_layers(state, g, context_dim, widths, with_lora=True)
+    return state
+
+
+def _faceid_mlp(g: torch.Generator, context_dim: int, face_dim: int, tokens: int) -> dict:
+    """FaceID's image_proj.{proj.0, proj.2, norm}: ArcFace embedding -> tokens."""
     state = {
         "image_proj.proj.0.weight": _randn(g, 2 * face_dim, face_dim),
         "image_proj.proj.0.bias": _randn(g, 2 * face_dim),
@@ -74,9 +83,6 @@ def faceid_plus_v2(context_dim=128, widths=(64, 128), clip_dim=96, face_dim=512,
         "image_proj.proj.2.bias": _randn(g, tokens * context_dim),
     }
     _layer_norm(state, "image_proj.norm", context_dim, g)
-    heads = context_dim // 64
-    _perceiver(state, "image_proj.perceiver_resampler.", g, clip_dim, context_dim, context_dim, depth, heads)
-    _kv_layers(state, g, context_dim, widths, with_lora=True)
     return state
 
 
@@ -92,12 +98,6 @@ def nested(state: dict) -> dict:
 def faceid_ip_adapter(context_dim=2048, widths=TINY_SDXL_WIDTHS, face_dim=512, tokens=4, seed=0) -> dict:
     """ip-adapter-faceid_sdxl's layout: an MLP from the ArcFace embedding, no CLIP vision."""
     g = torch.Generator().manual_seed(seed)
-    state = {
-        "image_proj.proj.0.weight": _randn(g, 2 * face_dim, face_dim),
-        "image_proj.proj.0.bias": _randn(g, 2 * face_dim),
-        "image_proj.proj.2.weight": _randn(g, tokens * context_dim, 2 * face_dim),
-        "image_proj.proj.2.bias": _randn(g, tokens * context_dim),
-    }
-    _layer_norm(state, "image_proj.norm", context_dim, g)
+    state = _faceid_mlp(g, context_dim, face_dim, tokens)
     _kv_layers(state, g, context_dim, widths, with_lora=True)
     return state

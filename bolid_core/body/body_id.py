@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
-from ..files import save_safetensors_atomic
+from ..files import read_pack_file, save_safetensors_atomic
 
 BODY_ID_FORMAT = "bolid-body-id"
 BODY_ID_FORMAT_VERSION = 1
@@ -44,17 +43,10 @@ def save_body_id(body: BodyID, path: str | os.PathLike) -> Path:
 
 
 def load_body_id(path: str | os.PathLike) -> BodyID:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Body ID {path} not found.")
-    with safe_open(str(path), framework="pt") as file:
-        metadata = dict(file.metadata() or {})
-        if metadata.get("format") != BODY_ID_FORMAT or "c_body" not in file.keys():
-            raise ValueError(f"{path.name} is not a saved body ID; pick a file written by BoLID Save Body ID.")
-        c_body = file.get_tensor("c_body")
-    if int(metadata.get("format_version", "0")) != BODY_ID_FORMAT_VERSION:
-        raise ValueError(f"{path.name} is body-ID format version {metadata.get('format_version')}; update the pack.")
-    return BodyID(c_body, int(metadata["source_count"]), metadata["encoder"])
+    tensors, metadata = read_pack_file(path, BODY_ID_FORMAT, BODY_ID_FORMAT_VERSION, "saved body ID")
+    if "c_body" not in tensors:
+        raise ValueError(f"{Path(path).name} holds no c_body; write it again with BoLID Save Body ID.")
+    return BodyID(tensors["c_body"], int(metadata["source_count"]), metadata["encoder"])
 
 
 def sample_prior(dim: int, seed: int) -> BodyID:

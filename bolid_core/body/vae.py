@@ -19,10 +19,9 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from torch import nn
 
-from ..files import save_safetensors_atomic
+from ..files import read_pack_file, save_safetensors_atomic
 from .keypoints import NUM_KEYPOINTS
 
 ENCODER_FORMAT = "bolid-body-vae"
@@ -161,20 +160,10 @@ class BodyEncoder(NamedTuple):
 
 def load_body_vae(path: str | os.PathLike) -> BodyEncoder:
     """The VAE and its identity (weights fingerprint)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Body encoder {path} not found.")
-    with safe_open(str(path), framework="pt") as file:
-        metadata = dict(file.metadata() or {})
-        state = {key: file.get_tensor(key) for key in file.keys()}
-    if metadata.get("format") != ENCODER_FORMAT:
-        found = metadata.get("format", "no format metadata")
-        raise BodyEncoderError(f"{path.name} is not a BoLID body encoder ({found}); pick a body-encoder file.")
-    if int(metadata.get("format_version", "0")) != ENCODER_FORMAT_VERSION:
-        raise BodyEncoderError(
-            f"{path.name} is body-encoder format version {metadata.get('format_version')}; this pack reads "
-            f"version {ENCODER_FORMAT_VERSION}."
-        )
+    try:
+        state, metadata = read_pack_file(path, ENCODER_FORMAT, ENCODER_FORMAT_VERSION, "BoLID body encoder")
+    except ValueError as error:
+        raise BodyEncoderError(str(error)) from None
     fields = json.loads(metadata["config"])
     fields["channels"] = tuple(fields["channels"])
     vae = BodyVAE(BodyVAEConfig(**fields))
