@@ -13,6 +13,7 @@ from .body import (
     SaveBodyID,
 )
 from .face import FaceEmbed, InsightFaceLoader
+from .guidance import DecoupledCFGGuider
 from .keypoints import KeypointsFromJSON, KeypointWeighting
 
 
@@ -21,4 +22,5 @@ class BoLIDExtension(ComfyExtension):
         return [
             KeypointsFromJSON, KeypointWeighting, AdapterLoader, ApplyAdapter, InsightFaceLoader, FaceEmbed,
             PoseModelLoader, BodyEncoderLoader, BodyIDFromImages, SaveBodyID, LoadBodyID, RandomBodyID, BlendBodyIDs,
+            DecoupledCFGGuider,
         ]  # fmt: skip
