@@ -13,7 +13,7 @@ from .body import (
     SaveBodyID,
 )
 from .face import FaceEmbed, InsightFaceLoader
-from .guidance import DecoupledCFGGuider
+from .guidance import DecoupledCFGGuider, FastFaceAttention
 from .keypoints import KeypointsFromJSON, KeypointWeighting
 
 
@@ -22,5 +22,5 @@ class BoLIDExtension(ComfyExtension):
         return [
             KeypointsFromJSON, KeypointWeighting, AdapterLoader, ApplyAdapter, InsightFaceLoader, FaceEmbed,
             PoseModelLoader, BodyEncoderLoader, BodyIDFromImages, SaveBodyID, LoadBodyID, RandomBodyID, BlendBodyIDs,
-            DecoupledCFGGuider,
+            DecoupledCFGGuider, FastFaceAttention,
         ]  # fmt: skip

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from bolid_core.attention import SourceKV, adapter_attention
+from bolid_core.attention import MapHook, SourceKV, adapter_attention
 
 
 def reference(query, sources, heads):
@@ -24,7 +24,7 @@ def reference(query, sources, heads):
                 k, v = source.key[kb, :, cols].double(), source.value[kb, :, cols].double()
                 attn = torch.softmax(q @ k.T / math.sqrt(dim), dim=-1)
                 if source.hook is not None:
-                    attn = source.hook(attn[None, None])[0, 0]
+                    attn = source.hook.transform(attn[None, None])[0, 0]
                 weight = float(source.scale[b])
                 if source.mask is not None:
                     mb = 0 if source.mask.shape[0] == 1 else b
@@ -55,7 +55,7 @@ def test_mask_hook_shared_kv_and_per_sample_off() -> None:
     query = torch.randn((batch, queries, width), generator=generator)
     mask = (torch.arange(queries) < 5).float()[None]
     body = make_source(generator, 1, 6, width, [1.0, 0.0], mask=mask)  # off for sample 1
-    image = make_source(generator, batch, 4, width, [0.7, 1.3], hook=lambda a: a.pow(1.3) * 1.45)
+    image = make_source(generator, batch, 4, width, [0.7, 1.3], hook=MapHook(lambda a: a.pow(1.3) * 1.45))
     result = adapter_attention(query, [body, image], heads)
     torch.testing.assert_close(result.double(), reference(query, [body, image], heads), rtol=1e-5, atol=1e-5)
     only_image = adapter_attention(query, [image], heads)

@@ -11,13 +11,12 @@ concatenated values.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-# Transforms one source's attention probabilities, (batch, heads, queries, tokens) -> same shape.
-AttentionMapHook = Callable[[torch.Tensor], torch.Tensor]
+from .manipulation import MapHook, adain_blend
 
 
 @dataclass(frozen=True)
@@ -27,14 +26,14 @@ class SourceKV:
     key, value: (batch, tokens, heads * dim_head), or batch 1 to share across the batch.
     scale: (batch,) lambda_s per sample; 0 switches the source off for that sample.
     mask: optional (batch or 1, queries) weight per query position, e.g. a region mask.
-    hook: optional transform of this source's attention map (FastFace AM).
+    hook: optional transform of this source's attention map, and AdaIN of its output (FastFace AM).
     """
 
     key: torch.Tensor
     value: torch.Tensor
     scale: torch.Tensor
     mask: torch.Tensor | None = None
-    hook: AttentionMapHook | None = None
+    hook: MapHook | None = None
 
 
 def _heads(x: torch.Tensor, batch: int, heads: int) -> torch.Tensor:
@@ -60,15 +59,21 @@ def adapter_attention(query: torch.Tensor, sources: Sequence[SourceKV], heads: i
     keys = torch.cat([_heads(s.key.to(query.dtype), batch, heads) for s in active], dim=2)
     values = torch.cat([_heads(s.value.to(query.dtype), batch, heads) for s in active], dim=2)
     scores = (q @ keys.transpose(-1, -2)) * (1.0 / math.sqrt(width // heads))
-    segments = scores.split([s.key.shape[1] for s in active], dim=-1)
-    weighted = []
-    for source, segment in zip(active, segments, strict=True):
+    sizes = [s.key.shape[1] for s in active]
+    merge = lambda out: out.transpose(1, 2).reshape(batch, queries, width)  # noqa: E731
+    joint_probs, joint_values, apart = [], [], []
+    for source, segment, value in zip(active, scores.split(sizes, dim=-1), values.split(sizes, dim=2), strict=True):
         probs = segment.softmax(dim=-1)
-        if source.hook is not None:
-            probs = source.hook(probs)
         weight = source.scale.to(probs.dtype).reshape(-1, 1, 1, 1)
         if source.mask is not None:
             weight = weight * source.mask.to(probs.dtype).reshape(source.mask.shape[0], 1, queries, 1)
-        weighted.append(probs * weight)
-    out = torch.cat(weighted, dim=-1) @ values
-    return out.transpose(1, 2).reshape(batch, queries, width)
+        hook = source.hook
+        if hook is not None and hook.output_adain is not None:
+            # AdaIN of the branch output needs this source's own output: computed apart, over its few tokens.
+            original = merge((probs * weight) @ value)
+            apart.append(adain_blend(merge((hook.transform(probs) * weight) @ value), original, hook.output_adain))
+            continue
+        joint_probs.append((hook.transform(probs) if hook is not None else probs) * weight)
+        joint_values.append(value)
+    out = merge(torch.cat(joint_probs, dim=-1) @ torch.cat(joint_values, dim=2)) if joint_probs else 0
+    return out + sum(apart) if apart else out

@@ -7,6 +7,7 @@ the unpatched model never changes.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -16,7 +17,8 @@ import torch
 from comfy.ldm.modules.attention import BasicTransformerBlock, optimized_attention
 
 from ..adapter.checkpoint import Adapter, AdapterFormatError, Source
-from ..attention import AttentionMapHook, SourceKV, adapter_attention, mask_to_queries
+from ..attention import AttentionManipulation, SourceKV, adapter_attention, mask_to_queries
+from .steps import step_index
 
 LayerKey = tuple[str, int, int]
 # Guiders that run several conds publish here which cond indices get each source switched on.
@@ -37,7 +39,7 @@ def attn2_layer_keys(model: comfy.model_patcher.ModelPatcher) -> list[tuple[Laye
 
 @dataclass(frozen=True)
 class AppliedSource:
-    """One adapter source as applied: its tokens with the source on and off, weight, window, mask, hook."""
+    """One adapter source as applied: tokens with the source on and off, weight, window, mask, AM."""
 
     source: Source
     tokens_on: torch.Tensor  # (1, tokens, context_dim)
@@ -46,7 +48,7 @@ class AppliedSource:
     sigma_start: float = float("inf")
     sigma_end: float = 0.0
     mask: torch.Tensor | None = None  # (1 or batch, height, width), any resolution
-    hook: AttentionMapHook | None = None
+    manipulation: AttentionManipulation | None = None  # FastFace AM of this source's attention map
     switch_name: str = "id"  # the name a guider uses in SOURCE_SWITCH_KEY to switch it per cond
 
 
@@ -114,6 +116,8 @@ class AdapterAttentionPatch:
         sigmas = extra_options["sigmas"].to(q.device, torch.float32)
         if sigmas.shape[0] != q.shape[0]:  # one sigma per latent: the chunks repeat the latent batch
             sigmas = sigmas.repeat(q.shape[0] // sigmas.shape[0])
+        manipulated = any(applied.manipulation is not None for applied in self.applied.sources)
+        step = step_index(sigmas, extra_options.get("sample_sigmas"))[0] if manipulated else 0
         sources = []
         for index, applied in enumerate(self.applied.sources):
             in_window = (sigmas <= applied.sigma_start) & (sigmas >= applied.sigma_end)
@@ -126,9 +130,8 @@ class AdapterAttentionPatch:
                 keys.append(key.expand(per_chunk, -1, -1))
                 values.append(value.expand(per_chunk, -1, -1))
             mask = self.applied.mask(index, tuple(extra_options["original_shape"][-2:]), q.shape[1], q)
-            sources.append(
-                SourceKV(torch.cat(keys), torch.cat(values), applied.weight * in_window.float(), mask, applied.hook)
-            )
+            hook = applied.manipulation.bind(extra_options["block"][0], step) if applied.manipulation else None
+            sources.append(SourceKV(torch.cat(keys), torch.cat(values), applied.weight * in_window.float(), mask, hook))
         return sources
 
     def to(self, device: torch.device) -> AdapterAttentionPatch:
@@ -181,4 +184,38 @@ def apply_adapter(
     for layer, key in enumerate(keys):
         inner = existing.get(key, existing.get(key[:2]))
         patched.set_model_attn2_replace(AdapterAttentionPatch(applied, layer, inner), *key)
+    return patched
+
+
+def with_manipulation(
+    model: comfy.model_patcher.ModelPatcher, manipulation: AttentionManipulation, sources: set[Source]
+) -> comfy.model_patcher.ModelPatcher:
+    """A clone of an adapter-patched `model` whose `sources` have their attention maps manipulated.
+
+    New patch objects, sharing the adapter weights and K/V cache, replace ours at every layer;
+    foreign patches they wrap are kept as they are.
+    """
+    patched = model.clone()
+    patches = patched.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
+    rebuilt: dict[int, AppliedAdapter] = {}
+    found = False
+
+    def rewrap(patch):
+        nonlocal found
+        if not isinstance(patch, AdapterAttentionPatch):
+            return patch
+        applied = patch.applied
+        if id(applied) not in rebuilt:
+            updated = [
+                dataclasses.replace(s, manipulation=manipulation) if s.source in sources else s for s in applied.sources
+            ]
+            rebuilt[id(applied)] = dataclasses.replace(applied, sources=updated)
+        found = found or any(s.source in sources for s in applied.sources)
+        return AdapterAttentionPatch(rebuilt[id(applied)], patch.layer, rewrap(patch.inner))
+
+    for key, patch in list(patches.items()):
+        patched.set_model_attn2_replace(rewrap(patch), *key)
+    if not found:
+        names = ", ".join(sorted(s.value for s in sources))
+        raise ValueError(f"No {names} source of an applied adapter in this model: apply an ID adapter first.")
     return patched

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import comfy.samplers
-import torch
 
 from ..guidance.dcg import Branch, DCGSchedule, DCGVariant, combine
 from .attn2 import SOURCE_SWITCH_KEY
+from .steps import step_index
 
 
 @dataclass(frozen=True)
@@ -22,15 +22,6 @@ class DCGSettings:
 
     def schedule(self, steps: int) -> DCGSchedule:
         return DCGSchedule.build(self.variant, self.alpha, self.beta, steps, self.rescale_phi, self.intermediate_only)
-
-
-def step_index(timestep: torch.Tensor, model_options: dict) -> tuple[int, int]:
-    """(this step, number of steps), from the sampler's own sigmas: robust to any call pattern."""
-    sigmas = model_options.get("transformer_options", {}).get("sample_sigmas")
-    if sigmas is None:
-        raise RuntimeError("The DCG guider needs the sampler's sigmas; use it with SamplerCustomAdvanced.")
-    sigmas = sigmas.to(timestep.device)
-    return int((sigmas[:-1] - timestep.flatten()[0]).abs().argmin()), len(sigmas) - 1
 
 
 def _with_switch(model_options: dict, branches: list[Branch]) -> dict:
@@ -49,7 +40,7 @@ class DCGGuider(comfy.samplers.CFGGuider):
         self.cfg = 1.0  # reported to hooks as cond_scale; DCG's own weights are per branch
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006 - ComfyUI's signature
-        step, steps = step_index(timestep, model_options)
+        step, steps = step_index(timestep, model_options.get("transformer_options", {}).get("sample_sigmas"))
         schedule = self.settings.schedule(steps)
         branches = schedule.needed_branches(step)
         positive, negative = self.conds.get("positive"), self.conds.get("negative")
