@@ -125,6 +125,23 @@ def _install_test_assets(base: Path) -> None:
     ):
         Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(base / "input" / f"{name}.png")
     _install_body_assets(base)
+    _install_face_assets(base)
+
+
+def _install_face_assets(base: Path) -> None:
+    """A FaceID-Plus-v2 .bin with the published layout (fp16, one resampler layer), an insightface pack, a face."""
+    import torch
+    from adapter_factories import TINY_SDXL_WIDTHS, faceid_plus_v2, nested
+    from onnx_factories import build_model_pack, face_image
+    from PIL import Image
+
+    state = faceid_plus_v2(context_dim=2048, widths=TINY_SDXL_WIDTHS, clip_dim=1280, depth=1)
+    torch.save(
+        nested({key: value.half() for key, value in state.items()}),
+        base / "models" / "ipadapter" / "ip-adapter-faceid-plusv2_sdxl.bin",
+    )
+    build_model_pack(base / "models" / "insightface")
+    Image.fromarray(face_image(640, 640, [(320, 320, 40)])).save(base / "input" / "bolid_face.png")
 
 
 def _install_body_assets(base: Path) -> None:
