@@ -12,6 +12,7 @@ from .body import (
     RandomBodyID,
     SaveBodyID,
 )
+from .evaluation import FastFaceMetrics
 from .face import FaceEmbed, InsightFaceLoader
 from .guidance import DecoupledCFGGuider, FastFaceAttention
 from .keypoints import KeypointsFromJSON, KeypointWeighting
@@ -22,5 +23,5 @@ class BoLIDExtension(ComfyExtension):
         return [
             KeypointsFromJSON, KeypointWeighting, AdapterLoader, ApplyAdapter, InsightFaceLoader, FaceEmbed,
             PoseModelLoader, BodyEncoderLoader, BodyIDFromImages, SaveBodyID, LoadBodyID, RandomBodyID, BlendBodyIDs,
-            DecoupledCFGGuider, FastFaceAttention,
+            DecoupledCFGGuider, FastFaceAttention, FastFaceMetrics,
         ]  # fmt: skip

@@ -74,3 +74,26 @@ def test_no_face_is_a_clear_node_error(comfy_nodes: dict, face_folders: Path) ->
         comfy_nodes["BoLIDFaceEmbed"].execute(analyzer, images, 256)
     with pytest.raises(RuntimeError, match=r"put the antelopev2 folder with its \.onnx files in"):
         comfy_nodes["BoLIDInsightFaceLoader"].execute("antelopev2", "CPU")
+
+
+def test_fastface_metrics_node(comfy_nodes: dict, face_folders: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import folder_paths
+    from test_eval_metrics import tiny_clip_folder
+
+    tiny_clip_folder(face_folders / "clip_scorers" / "tiny-clip")
+    monkeypatch.setitem(
+        folder_paths.folder_names_and_paths, "clip_scorers", ([str(face_folders / "clip_scorers")], set())
+    )
+    assert comfy_nodes["BoLIDFastFaceMetrics"].GET_SCHEMA().inputs[4].options == ["tiny-clip"]
+    (analyzer,) = comfy_nodes["BoLIDInsightFaceLoader"].execute("buffalo_l", "CPU").result
+    reference = faces(face_image(640, 640, [(320, 320, 40)]))
+    generated = faces(face_image(640, 640, [(320, 320, 40)]), np.zeros((640, 640, 3), dtype=np.uint8))
+    report, similarity, clip, failures = (
+        comfy_nodes["BoLIDFastFaceMetrics"]
+        .execute(generated, reference, "a person; watercolor", analyzer, "tiny-clip")
+        .result
+    )
+    assert failures == 1 and similarity == pytest.approx(1.0, abs=1e-5), "the same face scores 1"
+    assert -100 <= clip <= 100 and '"face_fail_cnt": 1' in report
+    with pytest.raises(ValueError, match="not a folder inside models/clip_scorers"):
+        comfy_nodes["BoLIDFastFaceMetrics"].execute(generated, reference, "x", analyzer, "../clip_scorers")

@@ -14,6 +14,7 @@ MODEL_FOLDERS: dict[str, set[str]] = {
     "ultralytics": {".pt"},
     "insightface": set(),
     "ipadapter": {".safetensors", ".bin"},
+    "clip_scorers": set(),  # transformers CLIP folders for the FastFace metrics
 }
 
 
@@ -93,3 +94,17 @@ def insightface_packs() -> list[str]:
     packs = os.path.join(insightface_root(), "models")
     found = sorted(entry.name for entry in os.scandir(packs) if entry.is_dir()) if os.path.isdir(packs) else []
     return found + [name for name in STANDARD_FACE_PACKS if name not in found]
+
+
+def clip_scorer_choices() -> list[str]:
+    """Folders under models/clip_scorers, each a transformers CLIP (config.json, weights, tokenizer)."""
+    root = folder_paths.get_folder_paths("clip_scorers")[0]
+    return sorted(entry.name for entry in os.scandir(root) if entry.is_dir()) if os.path.isdir(root) else []
+
+
+def clip_scorer_path(name: str) -> str:
+    root = os.path.realpath(folder_paths.get_folder_paths("clip_scorers")[0])
+    path = os.path.realpath(os.path.join(root, name))
+    if not name or os.path.commonpath([path, root]) != root or path == root:
+        raise ValueError(f"'{name}' is not a folder inside models/clip_scorers; pick one from the list.")
+    return path
