@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .manipulation import MapHook, adain_blend
+from .manipulation import MapHook
 
 
 @dataclass(frozen=True)
@@ -60,20 +60,48 @@ def adapter_attention(query: torch.Tensor, sources: Sequence[SourceKV], heads: i
     values = torch.cat([_heads(s.value.to(query.dtype), batch, heads) for s in active], dim=2)
     scores = (q @ keys.transpose(-1, -2)) * (1.0 / math.sqrt(width // heads))
     sizes = [s.key.shape[1] for s in active]
-    merge = lambda out: out.transpose(1, 2).reshape(batch, queries, width)  # noqa: E731
-    joint_probs, joint_values, apart = [], [], []
+    joint_probs, joint_values, row_bias = [], [], 0
     for source, segment, value in zip(active, scores.split(sizes, dim=-1), values.split(sizes, dim=2), strict=True):
         probs = segment.softmax(dim=-1)
         weight = source.scale.to(probs.dtype).reshape(-1, 1, 1, 1)
         if source.mask is not None:
             weight = weight * source.mask.to(probs.dtype).reshape(source.mask.shape[0], 1, queries, 1)
         hook = source.hook
-        if hook is not None and hook.output_adain is not None:
-            # AdaIN of the branch output needs this source's own output: computed apart, over its few tokens.
-            original = merge((probs * weight) @ value)
-            apart.append(adain_blend(merge((hook.transform(probs) * weight) @ value), original, hook.output_adain))
-            continue
-        joint_probs.append((hook.transform(probs) if hook is not None else probs) * weight)
+        if hook is None:
+            joint_probs.append(probs * weight)
+        elif hook.output_adain is None:
+            joint_probs.append(hook.transform(probs) * weight)
+        else:
+            scale, bias = _output_adain_affine(probs * weight, hook.transform(probs) * weight, value, hook.output_adain)
+            joint_probs.append(hook.transform(probs) * weight * scale)
+            row_bias = row_bias + bias
         joint_values.append(value)
-    out = merge(torch.cat(joint_probs, dim=-1) @ torch.cat(joint_values, dim=2)) if joint_probs else 0
-    return out + sum(apart) if apart else out
+    out = (
+        (torch.cat(joint_probs, dim=-1) @ torch.cat(joint_values, dim=2)).transpose(1, 2).reshape(batch, queries, width)
+    )
+    return out + row_bias
+
+
+def _row_stats(probs: torch.Tensor, value: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and (unbiased) std over channels of each query's output probs @ value, merged across heads,
+    from the small factors: sum = P (V 1), sum of squares = P (V V^T) P^T; no pass over the output."""
+    total = (probs @ value.sum(dim=-1, keepdim=True)).sum(dim=1, keepdim=True)  # (batch, 1, queries, 1)
+    gram = value @ value.transpose(-1, -2)  # (batch, heads, tokens, tokens)
+    squares = ((probs @ gram) * probs).sum(dim=-1, keepdim=True).sum(dim=1, keepdim=True)
+    mean = total / width
+    variance = (squares - width * mean.square()) / (width - 1)
+    return mean, variance.clamp_min(0).sqrt()
+
+
+def _output_adain_affine(original, manipulated, value, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """w * x + (1 - w) * adain(x, original) for x = manipulated @ value is a per-query affine map of x:
+    scale * x + bias. Returns scale (batch, 1, queries, 1) for the probabilities and bias (batch, queries, 1)."""
+    width = value.shape[1] * value.shape[-1]
+    mean, std = _row_stats(manipulated, value, width)
+    target_mean, target_std = _row_stats(original, value, width)
+    ratio = target_std / std
+    usable = torch.isfinite(ratio) & (std > 0)  # a constant row has no std to match: leave it as it is
+    ratio = torch.where(usable, ratio, torch.zeros_like(ratio))
+    scale = torch.where(usable, weight + (1 - weight) * ratio, torch.ones_like(ratio))
+    bias = torch.where(usable, (1 - weight) * (target_mean - mean * ratio), torch.zeros_like(ratio))
+    return scale, bias[:, 0]
