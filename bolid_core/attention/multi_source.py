@@ -72,8 +72,9 @@ def adapter_attention(query: torch.Tensor, sources: Sequence[SourceKV], heads: i
         elif hook.output_adain is None:
             joint_probs.append(hook.transform(probs) * weight)
         else:
-            scale, bias = _output_adain_affine(probs * weight, hook.transform(probs) * weight, value, hook.output_adain)
-            joint_probs.append(hook.transform(probs) * weight * scale)
+            manipulated = hook.transform(probs) * weight
+            scale, bias = _output_adain_affine(probs * weight, manipulated, value, hook.output_adain)
+            joint_probs.append(manipulated * scale)
             row_bias = row_bias + bias
         joint_values.append(value)
     out = (
