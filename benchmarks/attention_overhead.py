@@ -30,21 +30,26 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class TimedPatch:
-    """Wraps one layer's patch: times the text attention and the patched call on the same tensors."""
+def text_attention(q, k, v, extra_options):
+    """What an unpatched layer computes between to_q/k/v and to_out."""
+    from comfy.ldm.modules.attention import optimized_attention
 
-    def __init__(self, patch, ledger: list[float], device: torch.device) -> None:
-        self.patch, self.ledger, self.device = patch, ledger, device
+    return optimized_attention(q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"))
+
+
+class PairedPatch:
+    """Runs `baseline` and `measured` on the same tensors; records the time `measured` adds; returns its output."""
+
+    def __init__(self, baseline, measured, ledger: list[float], device: torch.device) -> None:
+        self.baseline, self.measured, self.ledger, self.device = baseline, measured, ledger, device
 
     def __call__(self, q, k, v, extra_options):
-        from comfy.ldm.modules.attention import optimized_attention
-
         _sync(self.device)
         start = time.perf_counter()
-        optimized_attention(q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"))
+        self.baseline(q, k, v, extra_options)
         _sync(self.device)
         middle = time.perf_counter()
-        out = self.patch(q, k, v, extra_options)
+        out = self.measured(q, k, v, extra_options)
         _sync(self.device)
         self.ledger.append((time.perf_counter() - middle) - (middle - start))
         return out
@@ -124,7 +129,7 @@ def measure(model, unet: str, sources: int, repeats: int, device_name: str, dtyp
     timed = patched.clone()
     options = timed.model_options["transformer_options"]["patches_replace"]["attn2"]
     for key, patch in list(options.items()):
-        options[key] = TimedPatch(patch, ledger, device)
+        options[key] = PairedPatch(text_attention, patch, ledger, device)
 
     one_step(model, latent_hw, device, dtype)  # warm-up: first calls pay for loading and allocation
     one_step(timed, latent_hw, device, dtype)

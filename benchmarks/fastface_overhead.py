@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .attention_overhead import RESULTS, _sync, build_model, patch_model
+from .attention_overhead import RESULTS, PairedPatch, _sync, build_model, patch_model
 
 STEPS = 4
 
@@ -58,27 +58,6 @@ def dcg_guider(model):
     guider.set_conds(tiny_conditioning(1), tiny_conditioning(2))
     guider.set_settings(DCGSettings(DCGVariant.ID_THEN_TEXT, 1.5, 3.0, 0.75, intermediate_only=False))
     return guider
-
-
-class PairedPatch:
-    """Runs a layer's patch without AM and with AM on the same tensors; records the time AM adds."""
-
-    def __init__(self, plain, manipulated, ledger: list[float], device: torch.device) -> None:
-        self.plain, self.manipulated, self.ledger, self.device = plain, manipulated, ledger, device
-
-    def __call__(self, q, k, v, extra_options):
-        _sync(self.device)
-        start = time.perf_counter()
-        self.plain(q, k, v, extra_options)
-        _sync(self.device)
-        middle = time.perf_counter()
-        out = self.manipulated(q, k, v, extra_options)
-        _sync(self.device)
-        self.ledger.append((time.perf_counter() - middle) - (middle - start))
-        return out
-
-    def __deepcopy__(self, memo):
-        return self
 
 
 def am_added_seconds(patched, manipulation, device: torch.device, repeats: int) -> list[float]:
