@@ -14,7 +14,7 @@ from ..bolid_core.comfy.folders import (
     body_encoder_choices,
     body_id_choices,
     body_id_path,
-    model_choices,
+    model_files,
     resolve_model_file,
 )
 from ..bolid_core.comfy.progress import progress_callbacks
@@ -31,7 +31,7 @@ class PoseModelLoader(io.ComfyNode):
             display_name="BoLID Pose Model Loader",
             category="BoLID/body",
             description="A YOLO11-pose model (.pt) from models/ultralytics. Runs offline; nothing is downloaded.",
-            inputs=[io.Combo.Input("pose_model", options=[c.split("/", 1)[1] for c in model_choices("ultralytics")])],
+            inputs=[io.Combo.Input("pose_model", options=model_files("ultralytics"))],
             outputs=[PoseModelType.Output(display_name="pose_model")],
         )
 

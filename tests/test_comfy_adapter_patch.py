@@ -32,6 +32,16 @@ def applied_source(adapter, weight: float, seed: int = 5, **kwargs):
     return AppliedSource(Source.IMAGE, on, off, weight, **kwargs)
 
 
+def layer_call_options(sigma: float) -> dict:
+    """What ComfyUI passes an attn2 patch for a batch of [uncond, cond] on a 16x16 latent."""
+    return {
+        "n_heads": 2,
+        "cond_or_uncond": [1, 0],
+        "sigmas": torch.tensor([sigma, sigma]),
+        "original_shape": [2, 4, 16, 16],
+    }
+
+
 def sample(model, latent_hw=(16, 16), steps=2, seed=0):
     import comfy.sample
     from bolid_test_models.tiny_models import tiny_conditioning
@@ -84,12 +94,7 @@ def test_stacked_patches_add_their_contributions(tiny_model, adapter_file) -> No
     patch = lambda m: m.model_options["transformer_options"]["patches_replace"]["attn2"][key]  # noqa: E731
     g = torch.Generator().manual_seed(9)
     q, k, v = (torch.randn(2, 64, 128, generator=g) for _ in range(3))
-    extra = {
-        "n_heads": 2,
-        "cond_or_uncond": [1, 0],
-        "sigmas": torch.tensor([5.0, 5.0]),
-        "original_shape": [2, 4, 16, 16],
-    }
+    extra = layer_call_options(sigma=5.0)
     text = optimized_attention(q, k, v, 2)
     expected = patch(one)(q, k, v, extra) + patch(only_second)(q, k, v, extra) - text
     torch.testing.assert_close(patch(both)(q, k, v, extra), expected, rtol=1e-5, atol=1e-5)
@@ -162,12 +167,7 @@ def test_stacks_on_a_foreign_patch_without_touching_it(tiny_model, adapter_file)
     ours_alone = alone.model_options["transformer_options"]["patches_replace"]["attn2"][key]
     g = torch.Generator().manual_seed(12)
     q, k, v = (torch.randn(2, 16, 128, generator=g) for _ in range(3))
-    extra = {
-        "n_heads": 2,
-        "cond_or_uncond": [1, 0],
-        "sigmas": torch.tensor([3.0, 3.0]),
-        "original_shape": [2, 4, 16, 16],
-    }
+    extra = layer_call_options(sigma=3.0)
     # foreign + ours = (text + 0.25 q) + (ours alone - text)
     torch.testing.assert_close(ours(q, k, v, extra), ours_alone(q, k, v, extra) + 0.25 * q, rtol=1e-5, atol=1e-5)
     assert ours.inner.calls == 1 and isinstance(ours.inner, ForeignPatch)

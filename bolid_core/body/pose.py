@@ -11,9 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from ..images import to_uint8_bgr
 from .keypoints import NUM_KEYPOINTS, PoseKeypoints
 
 VIEW_CHUNK = 8  # views per predict call: bounds memory for any number of views
@@ -49,13 +49,6 @@ def load_pose_model(path: str | os.PathLike):
             f"{path.name} is a YOLO {model.task} model; the body ID needs a -pose model (yolo11n-pose.pt)."
         )
     return model
-
-
-def _to_uint8_bgr(view: torch.Tensor) -> np.ndarray:
-    if view.shape[-1] == 1:
-        view = view.expand(-1, -1, 3)
-    rgb = (view[..., :3].float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-    return np.ascontiguousarray(rgb[..., ::-1])
 
 
 def _pick_person(result, view: int) -> tuple[torch.Tensor, float, str | None]:
@@ -98,7 +91,7 @@ def detect_poses(
     for start in range(0, views.shape[0], VIEW_CHUNK):
         if check_interrupt is not None:
             check_interrupt()
-        chunk = [_to_uint8_bgr(view) for view in views[start : start + VIEW_CHUNK]]
+        chunk = list(to_uint8_bgr(views[start : start + VIEW_CHUNK]))
         results = model.predict(chunk, conf=detection_confidence, imgsz=image_size, verbose=False)
         for offset, result in enumerate(results):
             index = start + offset

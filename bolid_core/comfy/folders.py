@@ -26,9 +26,14 @@ def register_model_folders() -> None:
         folder_paths.folder_names_and_paths[name][1].update(extensions)
 
 
+def model_files(folder: str) -> list[str]:
+    """Combo entries for one model folder: its files, relative to it."""
+    return folder_paths.get_filename_list(folder)
+
+
 def model_choices(*folders: str) -> list[str]:
     """Combo entries "<folder>/<file>" for the files of several model folders."""
-    return [f"{folder}/{name}" for folder in folders for name in folder_paths.get_filename_list(folder)]
+    return [f"{folder}/{name}" for folder in folders for name in model_files(folder)]
 
 
 def resolve_model_choice(choice: str, folders: tuple[str, ...]) -> str:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..images import to_uint8_bgr
 from .embeds import FaceEmbeds
 
 # Largest first: a face too large for the detector at 640 is often found once the image is scaled down.
@@ -167,21 +168,6 @@ def onnx_providers(provider: ExecutionProvider | str) -> list[str]:
             "your hardware (e.g. onnxruntime-gpu for CUDA)."
         )
     return [provider.value] if provider is ExecutionProvider.CPU else [provider.value, ExecutionProvider.CPU.value]
-
-
-def to_uint8_bgr(images: torch.Tensor) -> np.ndarray:
-    """(N, H, W, C) floats in [0, 1] → (N, H, W, 3) uint8 BGR, the layout insightface reads."""
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(
-            f"Face images must be an IMAGE tensor shaped (N, H, W, 3), (N, H, W, 1) or (N, H, W, 4); got {shape}."
-        )
-    if images.shape[0] == 0:
-        raise ValueError("Face images: the batch is empty.")
-    pixels = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-    if pixels.shape[-1] == 1:
-        pixels = np.repeat(pixels, 3, axis=-1)
-    return np.ascontiguousarray(pixels[..., 2::-1])  # RGB(A) → BGR; alpha dropped
 
 
 def _as_provider(provider: ExecutionProvider | str) -> ExecutionProvider:
