@@ -3,6 +3,7 @@
 from comfy_api.latest import ComfyExtension, io
 
 from .adapter import AdapterLoader, ApplyAdapter
+from .attention_manipulation import FastFaceAttention
 from .body import (
     BlendBodyIDs,
     BodyEncoderLoader,
@@ -14,7 +15,7 @@ from .body import (
 )
 from .evaluation import FastFaceMetrics
 from .face import FaceEmbed, InsightFaceLoader
-from .guidance import DecoupledCFGGuider, FastFaceAttention
+from .guidance import DecoupledCFGGuider
 from .keypoints import KeypointsFromJSON, KeypointWeighting
 
 

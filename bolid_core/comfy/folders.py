@@ -57,6 +57,40 @@ def resolve_model_file(folder: str, name: str) -> str:
     return path
 
 
+def file_fingerprint(path: str | None) -> str:
+    """For fingerprint_inputs: changes when the file is replaced, edited or deleted, so ComfyUI's cache never
+    serves a result made from an old file. A folder (an insightface pack, a CLIP folder) changes when any file
+    in it does."""
+    if path is None or not os.path.exists(path):
+        return f"missing:{path}"
+    if not os.path.isdir(path):
+        stat = os.stat(path)
+        return f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
+    entries = []
+    for parent, _, files in sorted(os.walk(path)):
+        for name in sorted(files):
+            stat = os.stat(os.path.join(parent, name))
+            entries.append(f"{os.path.relpath(os.path.join(parent, name), path)}:{stat.st_size}:{stat.st_mtime_ns}")
+    return f"{path}|" + "|".join(entries)
+
+
+def model_file_fingerprint(folder: str, name: str) -> str:
+    """file_fingerprint of a combo entry of one model folder; a name that does not resolve is fingerprinted as
+    missing, and execute then says why."""
+    try:
+        return file_fingerprint(resolve_model_file(folder, name))
+    except (ValueError, FileNotFoundError):
+        return f"missing:{folder}/{name}"
+
+
+def model_choice_fingerprint(choice: str, folders: tuple[str, ...]) -> str:
+    """file_fingerprint of a combo entry "<folder>/<file>"."""
+    try:
+        return file_fingerprint(resolve_model_choice(choice, folders))
+    except (ValueError, FileNotFoundError):
+        return f"missing:{choice}"
+
+
 # Saved body IDs live in models/bolid/bodies; everything else in models/bolid is a model file.
 BODIES_SUBFOLDER = "bodies"
 _SAVE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}")

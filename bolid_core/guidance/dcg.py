@@ -16,6 +16,7 @@ where a and b are the variant's two conditional branches.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -137,4 +138,6 @@ def parse_step_values(text: str) -> float | list[float]:
         values = [float(part) for part in parts]
     except ValueError:
         raise ValueError(f"'{text}' is not a list of numbers: use e.g. 1, 1.5, 1.5, 1.") from None
+    if not all(math.isfinite(value) for value in values):
+        raise ValueError(f"'{text}' holds a value that is not a finite number (nan or inf): use e.g. 1, 1.5, 1.5, 1.")
     return values[0] if len(values) == 1 else values
