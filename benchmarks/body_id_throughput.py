@@ -65,7 +65,7 @@ def main() -> int:
     if args.one is not None:
         print(json.dumps(run_one(args.one, args.size, args.pose_model)))
         return 0
-    os.environ["YOLO_OFFLINE"] = "1"
+    os.environ["YOLO_OFFLINE"] = "true"
     from ultralytics import YOLO
 
     with tempfile.TemporaryDirectory() as folder:

@@ -172,7 +172,8 @@ def comfy_server(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     if with_test_models:
         command += ["--extra-model-paths-config", str(_test_models_config(log_path.parent))]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "YOLO_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    offline = {"YOLO_OFFLINE": "true", "YOLO_AUTOINSTALL": "false", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **offline}
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
             command, cwd=comfy_dir, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -7,8 +7,9 @@ from comfy_api.latest import io
 from ..bolid_core.adapter import Adapter, Source, load_adapter
 from ..bolid_core.adapter.tokens import ReferenceCombine
 from ..bolid_core.comfy.attn2 import apply_adapter
-from ..bolid_core.comfy.folders import model_choices, resolve_model_choice
+from ..bolid_core.comfy.folders import model_choice_fingerprint, model_choices, resolve_model_choice
 from ..bolid_core.comfy.sources import SourceInputs, applied_sources
+from .checks import require_numbers, validate_numbers
 from .types import AdapterType, BodyIDType, FaceEmbedsType
 
 ADAPTER_FOLDERS = ("bolid", "ipadapter")
@@ -28,6 +29,11 @@ class AdapterLoader(io.ComfyNode):
             inputs=[io.Combo.Input("adapter_name", options=model_choices(*ADAPTER_FOLDERS))],
             outputs=[AdapterType.Output(display_name="adapter")],
         )
+
+    @classmethod
+    def fingerprint_inputs(cls, adapter_name: str) -> str:
+        # A replaced or deleted file must never be served from ComfyUI's cache.
+        return model_choice_fingerprint(adapter_name, ADAPTER_FOLDERS)
 
     @classmethod
     def execute(cls, adapter_name: str) -> io.NodeOutput:
@@ -72,13 +78,26 @@ class ApplyAdapter(io.ComfyNode):
         )  # fmt: skip
 
     @classmethod
+    def validate_inputs(
+        cls, image_weight: float, face_weight: float, body_weight: float, start_at: float, end_at: float,
+        faceid_v2_shortcut: float,
+    ) -> bool | str:  # fmt: skip
+        checked = validate_numbers(cls, locals())
+        if checked is True and start_at is not None and end_at is not None and start_at > end_at:
+            return f"start_at ({start_at}) is after end_at ({end_at}): swap them."
+        return checked
+
+    @classmethod
     def execute(
         cls, model, adapter: Adapter, image_weight: float, face_weight: float, body_weight: float,
         start_at: float, end_at: float, combine_references: str, faceid_v2_shortcut: float,
         clip_vision=None, image=None, face_embeds=None, body_id=None, attn_mask=None,
     ) -> io.NodeOutput:  # fmt: skip
-        if start_at > end_at:
-            raise ValueError(f"start_at ({start_at}) is after end_at ({end_at}).")
+        numbers = {
+            "image_weight": image_weight, "face_weight": face_weight, "body_weight": body_weight,
+            "start_at": start_at, "end_at": end_at, "faceid_v2_shortcut": faceid_v2_shortcut,
+        }  # fmt: skip
+        require_numbers(cls, numbers)  # values over links; the window order is checked with the sources
         inputs = SourceInputs(
             clip_vision, image, face_embeds, body_id,
             {Source.IMAGE: image_weight, Source.FACE: face_weight, Source.BODY: body_weight},

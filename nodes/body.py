@@ -14,10 +14,13 @@ from ..bolid_core.comfy.folders import (
     body_encoder_choices,
     body_id_choices,
     body_id_path,
+    file_fingerprint,
+    model_file_fingerprint,
     model_files,
     resolve_model_file,
 )
 from ..bolid_core.comfy.progress import progress_callbacks
+from .checks import require_numbers, validate_numbers
 from .types import BodyEncoderType, BodyIDType, PoseModelType
 
 log = logging.getLogger("bolid")
@@ -30,10 +33,17 @@ class PoseModelLoader(io.ComfyNode):
             node_id="BoLIDPoseModelLoader",
             display_name="BoLID Pose Model Loader",
             category="BoLID/body",
-            description="A YOLO11-pose model (.pt) from models/ultralytics. Runs offline; nothing is downloaded.",
+            description=(
+                "A YOLO11-pose model (.pt or .onnx) from models/ultralytics. Runs offline; nothing is downloaded. "
+                ".pt files are checked before loading and refused if they hold anything but a pose model."
+            ),
             inputs=[io.Combo.Input("pose_model", options=model_files("ultralytics"))],
             outputs=[PoseModelType.Output(display_name="pose_model")],
         )
+
+    @classmethod
+    def fingerprint_inputs(cls, pose_model: str) -> str:
+        return model_file_fingerprint("ultralytics", pose_model)
 
     @classmethod
     def execute(cls, pose_model: str) -> io.NodeOutput:
@@ -51,6 +61,10 @@ class BodyEncoderLoader(io.ComfyNode):
             inputs=[io.Combo.Input("body_encoder", options=body_encoder_choices())],
             outputs=[BodyEncoderType.Output(display_name="body_encoder")],
         )
+
+    @classmethod
+    def fingerprint_inputs(cls, body_encoder: str) -> str:
+        return model_file_fingerprint("bolid", body_encoder)
 
     @classmethod
     def execute(cls, body_encoder: str) -> io.NodeOutput:
@@ -86,10 +100,21 @@ class BodyIDFromImages(io.ComfyNode):
         )  # fmt: skip
 
     @classmethod
+    def validate_inputs(
+        cls, sigma: float | None = None, alpha: float | None = None, detection_confidence: float | None = None,
+        keypoint_confidence: float | None = None,
+    ) -> bool | str:  # fmt: skip
+        return validate_numbers(cls, locals())
+
+    @classmethod
     def execute(
         cls, pose_model, body_encoder: BodyEncoder, images, sigma: float, alpha: float,
         detection_confidence: float, keypoint_confidence: float,
     ) -> io.NodeOutput:  # fmt: skip
+        require_numbers(cls, {
+            "sigma": sigma, "alpha": alpha, "detection_confidence": detection_confidence,
+            "keypoint_confidence": keypoint_confidence,
+        })  # fmt: skip
         progress, check_interrupt = progress_callbacks(images.shape[0])
         poses = detect_poses(
             pose_model, images, detection_confidence=detection_confidence, keypoint_confidence=keypoint_confidence,
@@ -134,6 +159,13 @@ class LoadBodyID(io.ComfyNode):
         )
 
     @classmethod
+    def fingerprint_inputs(cls, body: str) -> str:
+        try:
+            return file_fingerprint(body_id_path(body))
+        except ValueError:
+            return f"invalid:{body!r}"  # execute says why
+
+    @classmethod
     def execute(cls, body: str) -> io.NodeOutput:
         return io.NodeOutput(load_body_id(body_id_path(body)))
 
@@ -174,5 +206,10 @@ class BlendBodyIDs(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, weight_b: float | None = None) -> bool | str:
+        return validate_numbers(cls, locals())
+
+    @classmethod
     def execute(cls, body_a: BodyID, body_b: BodyID, weight_b: float) -> io.NodeOutput:
+        require_numbers(cls, {"weight_b": weight_b})
         return io.NodeOutput(blend_body_ids([body_a, body_b], [1.0 - weight_b, weight_b]))

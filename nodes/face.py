@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..bolid_core.comfy.folders import insightface_packs, insightface_root
+from ..bolid_core.comfy.folders import file_fingerprint, insightface_packs, insightface_root
 from ..bolid_core.comfy.progress import progress_callbacks
-from ..bolid_core.identity.face import DEFAULT_CROP_SIZE, ExecutionProvider, FaceAnalyzer, load_face_analysis
+from ..bolid_core.identity.face import (
+    DEFAULT_CROP_SIZE,
+    ExecutionProvider,
+    FaceAnalyzer,
+    FaceModelError,
+    find_model_pack,
+    load_face_analysis,
+)
 from .types import FaceAnalyzerType, FaceEmbedsType
 
 
@@ -29,8 +36,16 @@ class InsightFaceLoader(io.ComfyNode):
         )
 
     @classmethod
+    def fingerprint_inputs(cls, model_pack: str, provider: str) -> str:
+        try:
+            return file_fingerprint(str(find_model_pack(insightface_root(), model_pack)))
+        except (ValueError, FaceModelError):
+            return f"missing:{model_pack!r}"  # execute says why
+
+    @classmethod
     def execute(cls, model_pack: str, provider: str) -> io.NodeOutput:
-        return io.NodeOutput(load_face_analysis(insightface_root(), model_pack, ExecutionProvider[provider]))
+        # By name, with a message listing the known ones: a prompt can send any string.
+        return io.NodeOutput(load_face_analysis(insightface_root(), model_pack, provider))
 
 
 class FaceEmbed(io.ComfyNode):

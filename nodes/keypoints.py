@@ -8,6 +8,7 @@ import logging
 from comfy_api.latest import io
 
 from ..bolid_core.body import PoseKeypoints, parse_keypoints_json, weight_views
+from .checks import require_numbers, validate_numbers
 from .types import Keypoints
 
 log = logging.getLogger("bolid")
@@ -81,7 +82,12 @@ class KeypointWeighting(io.ComfyNode):
         )  # fmt: skip
 
     @classmethod
+    def validate_inputs(cls, sigma: float | None = None, alpha: float | None = None) -> bool | str:
+        return validate_numbers(cls, locals())
+
+    @classmethod
     def execute(cls, images, keypoints: PoseKeypoints, sigma: float, alpha: float) -> io.NodeOutput:
+        require_numbers(cls, {"sigma": sigma, "alpha": alpha})
         sigma_px = sigma * min(images.shape[1], images.shape[2])
         result = weight_views(images, keypoints, sigma_px=sigma_px, alpha=alpha)
         for view in result.views_without_keypoints:

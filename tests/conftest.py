@@ -20,7 +20,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TEST_OUTPUT = REPO_ROOT / "test-output"
 TEST_NODE_PACKS = REPO_ROOT / "tests" / "comfy_nodes"
 
-os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_OFFLINE", "true")  # 8.3.x reads only "true"
+os.environ.setdefault("YOLO_AUTOINSTALL", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
@@ -129,17 +130,23 @@ def _install_test_assets(base: Path) -> None:
 
 
 def _install_face_assets(base: Path) -> None:
-    """A FaceID-Plus-v2 .bin with the published layout (fp16, one resampler layer), an insightface pack, a face."""
+    """A FaceID-Plus-v2 .bin with the published layout (fp16, one resampler layer), its LoRA with the published
+    key names, an insightface pack, a face."""
     import torch
     from adapter_factories import TINY_SDXL_WIDTHS, faceid_plus_v2, nested
+    from lora_factories import FILE_NAME, faceid_plusv2_sdxl_lora, tiny_attention_blocks
     from onnx_factories import build_model_pack, face_image
     from PIL import Image
+    from safetensors.torch import save_file
 
     state = faceid_plus_v2(context_dim=2048, widths=TINY_SDXL_WIDTHS, clip_dim=1280, depth=1)
     torch.save(
         nested({key: value.half() for key, value in state.items()}),
         base / "models" / "ipadapter" / "ip-adapter-faceid-plusv2_sdxl.bin",
     )
+    loras = base / "models" / "loras"
+    loras.mkdir(parents=True, exist_ok=True)
+    save_file(faceid_plusv2_sdxl_lora(tiny_attention_blocks(), model_channels=32), str(loras / FILE_NAME))
     build_model_pack(base / "models" / "insightface")
     Image.fromarray(face_image(640, 640, [(320, 320, 40)])).save(base / "input" / "bolid_face.png")
 

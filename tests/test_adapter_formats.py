@@ -102,6 +102,39 @@ def test_faceid_plus_v2_matches_independent_computation(tmp_path: Path, suffix: 
     torch.testing.assert_close(ours, direct, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize(
+    ("context_dim", "name", "shortcut"),
+    [
+        (2048, "ip-adapter-faceid-plus_sdxl.bin", True),  # SDXL: only v2 was published, whatever the name
+        (2048, "my-face-adapter.safetensors", True),
+        (128, "faceid_plus.safetensors", True),  # a width no v1 was made for
+        (768, "ip-adapter-faceid-plus_sd15.bin", False),  # SD1.5's v1 and v2 share their tensors
+        (768, "ip-adapter-faceid-plusv2_sd15.bin", True),
+    ],
+)
+def test_faceid_plus_shortcut_is_decided_by_the_tensors(tmp_path: Path, context_dim, name, shortcut) -> None:
+    widths = (64, 128) if context_dim == 128 else (128, 128)
+    state = faceid_plus_v2(context_dim=context_dim, widths=widths, clip_dim=96, depth=1, tokens=2)
+    path = tmp_path / name
+    if name.endswith(".bin"):
+        torch.save(nested(state), path)
+    else:
+        write_safetensors(state, path)
+    adapter = load_adapter(path)
+    g = torch.Generator().manual_seed(2)
+    face = F.normalize(torch.randn(1, 512, generator=g), dim=-1)
+    clip_hidden = torch.randn(1, 5, 96, generator=g)
+    tokens_on, _ = face_tokens(adapter, face, clip_hidden, clip_hidden * 0, shortcut_scale=0.5)
+    with_shortcut = faceid_plus_v2_reference(state, face, clip_hidden, context_dim, 0.5, depth=1)
+    hidden = F.gelu(F.linear(face, state["image_proj.proj.0.weight"], state["image_proj.proj.0.bias"]))
+    arcface_tokens = ln(
+        F.linear(hidden, state["image_proj.proj.2.weight"], state["image_proj.proj.2.bias"]).reshape(1, 2, -1),
+        state, "image_proj.norm",
+    )  # fmt: skip
+    refined_only = perceiver_reference(state, "image_proj.perceiver_resampler.", clip_hidden, arcface_tokens, 1)
+    torch.testing.assert_close(tokens_on, with_shortcut if shortcut else refined_only, rtol=1e-4, atol=1e-4)
+
+
 def test_plain_and_plus_layouts_are_detected(tmp_path: Path) -> None:
     plain = load_adapter(
         write_safetensors(plain_ip_adapter(clip_dim=1024), tmp_path / "ip-adapter_sdxl_vit-h.safetensors")

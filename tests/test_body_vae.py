@@ -140,3 +140,31 @@ def test_peak_memory_does_not_grow_with_views() -> None:
     ten, hundred = peak_rss_kb(10), peak_rss_kb(100)
     # 100 views of 512x384 are 236 MB; holding them would show far above this margin.
     assert hundred <= ten + 40_000, f"peak RSS {hundred} kB for 100 views vs {ten} kB for 10"
+
+
+def test_non_finite_bodies_and_weights_are_refused(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from bolid_core.body.pipeline import WeightingParams
+
+    body = BodyID(torch.randn(1, 8), 1, "abc")
+    for weight in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="Blend weights must be finite"):
+            blend_body_ids([body, body], [1.0, weight])
+    with pytest.raises(ValueError, match="holds NaN or infinite values"):
+        BodyID(torch.tensor([[0.0, float("nan")]]), 1, "abc")
+    # A tensor changed after construction is still caught before it reaches the disk.
+    changed = BodyID(torch.zeros(1, 4), 1, "abc")
+    changed.c_body[0, 2] = float("inf")
+    target = tmp_path / "bodies" / "nan_body.safetensors"
+    with pytest.raises(ValueError, match="The body ID to save holds NaN"):
+        save_body_id(changed, target)
+    assert not target.exists()
+    # A NaN body written by something else is refused on load, naming the file.
+    metadata = {"format": "bolid-body-id", "format_version": "1", "source_count": "1", "encoder": "abc"}
+    save_file({"c_body": torch.full((1, 4), float("nan"))}, str(tmp_path / "bad.safetensors"), metadata=metadata)
+    with pytest.raises(ValueError, match=r"saved body ID bad\.safetensors holds NaN"):
+        load_body_id(tmp_path / "bad.safetensors")
+    for sigma, alpha in ((float("nan"), 0.5), (0.1, float("nan")), (float("inf"), 0.5)):
+        with pytest.raises(ValueError, match="must"):
+            WeightingParams(sigma, alpha)

@@ -315,3 +315,13 @@ def test_wrong_image_shapes_are_clear_errors(analyzer, shape: tuple[int, ...]) -
         analyzer.embed(torch.zeros(shape))
     with pytest.raises(ValueError, match="IMAGE tensor"):
         analyzer.embed(np.zeros((1, 64, 64, 3)))
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [("buff\x00alo_l", "NUL byte or control character"), ("x" * 10_000, "too long"), ("a" * 256, "too long")],
+)
+def test_hostile_pack_names_are_clear_errors(models_root: Path, name: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as error:
+        load_face_analysis(models_root, name)
+    assert len(str(error.value)) < 400, "the message must not repeat a 10,000-character name"

@@ -122,7 +122,7 @@ def test_view_without_keypoints_is_left_unweighted_and_reported() -> None:
 
 def test_bad_arguments_are_clear_errors() -> None:
     keypoints = PoseKeypoints(torch.full((1, 17, 3), 0.5))
-    with pytest.raises(ValueError, match="sigma must be positive"):
+    with pytest.raises(ValueError, match="sigma must be a positive, finite number"):
         keypoint_weight_map(keypoints, 4, 4, sigma_px=0.0)
     with pytest.raises(ValueError, match="alpha must lie in"):
         weight_views(torch.rand(1, 4, 4, 3), keypoints, sigma_px=1.0, alpha=1.5)
@@ -156,3 +156,24 @@ def test_parse_keypoints_json_forms() -> None:
 def test_parse_keypoints_json_errors(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_keypoints_json(text)
+
+
+@pytest.mark.parametrize("sigma", [float("nan"), float("inf")])
+def test_non_finite_sigma_is_refused_not_a_map_of_ones(sigma: float) -> None:
+    # NaN or inf sigma once gave W_norm = 1 everywhere: the weighting silently off.
+    keypoints = PoseKeypoints(torch.full((1, 17, 3), 0.5))
+    with pytest.raises(ValueError, match="sigma must be a positive, finite number"):
+        keypoint_weight_map(keypoints, 8, 8, sigma_px=sigma)
+    with pytest.raises(ValueError, match="sigma must be a positive, finite number"):
+        weight_views(torch.rand(1, 8, 8, 3), keypoints, sigma_px=sigma, alpha=0.5)
+
+
+def test_non_finite_alpha_and_images_are_refused() -> None:
+    keypoints = PoseKeypoints(torch.full((1, 17, 3), 0.5))
+    for alpha in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="alpha must lie in"):
+            weight_views(torch.rand(1, 8, 8, 3), keypoints, sigma_px=1.0, alpha=alpha)
+    images = torch.rand(1, 8, 8, 3)
+    images[0, 3, 3, 1] = float("nan")
+    with pytest.raises(ValueError, match="images hold NaN or infinite values"):
+        weight_views(images, keypoints, sigma_px=1.0, alpha=0.5)

@@ -23,13 +23,19 @@ def reference(query, sources, heads):
                 kb = 0 if source.key.shape[0] == 1 else b
                 k, v = source.key[kb, :, cols].double(), source.value[kb, :, cols].double()
                 attn = torch.softmax(q @ k.T / math.sqrt(dim), dim=-1)
+                term = attn @ v
                 if source.hook is not None:
-                    attn = source.hook.transform(attn[None, None])[0, 0]
+                    term = source.hook.transform(attn[None, None])[0, 0] @ v
+                if source.hook is not None and source.hook.output_adain is not None:
+                    w, plain = source.hook.output_adain, attn @ v  # AdaIN over head_dim, before lambda and mask
+                    ratio = plain.std(-1, keepdim=True) / (term.std(-1, keepdim=True) + 1e-6)
+                    rescaled = (term - term.mean(-1, keepdim=True)) * ratio + plain.mean(-1, keepdim=True)
+                    term = w * term + (1 - w) * rescaled
                 weight = float(source.scale[b])
                 if source.mask is not None:
                     mb = 0 if source.mask.shape[0] == 1 else b
                     weight = weight * source.mask[mb].double()[:, None]
-                out[b, :, cols] += weight * (attn @ v)
+                out[b, :, cols] += weight * term
     return out
 
 
@@ -71,3 +77,21 @@ def test_all_scales_zero_adds_nothing_and_width_mismatch_is_clear() -> None:
     wrong = make_source(generator, 2, 4, 24, [1.0, 1.0])
     with pytest.raises(ValueError, match="does not match this layer's width 16"):
         adapter_attention(query, [wrong], heads=2)
+
+
+def test_several_adain_sources_with_masks_share_one_matmul() -> None:
+    """Two sources with output AdaIN (their shifts summed into one extra column), one plain source, a mask,
+    shared K/V and a sample with a source off."""
+    generator = torch.Generator().manual_seed(13)
+    batch, queries, width, heads = 2, 12, 24, 3
+    query = torch.randn((batch, queries, width), generator=generator, dtype=torch.float64)
+    mask = (torch.arange(queries) % 3 != 0).double()[None]
+    face = make_source(generator, batch, 4, width, [1.1, 0.0], mask=mask, hook=MapHook(lambda a: 1.5 * a**1.3, 0.7))
+    image = make_source(generator, 1, 5, width, [0.6, 0.9], hook=MapHook(lambda a: 1.2 * a**2, 0.4))
+    body = make_source(generator, batch, 3, width, [0.5, 1.5])
+    sources = [
+        SourceKV(s.key.double(), s.value.double() * 3 - 1, s.scale.double(), s.mask, s.hook)
+        for s in (face, image, body)
+    ]
+    result = adapter_attention(query, sources, heads)
+    torch.testing.assert_close(result, reference(query, sources, heads), rtol=1e-9, atol=1e-9)

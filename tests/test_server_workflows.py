@@ -21,6 +21,8 @@ from bolid_dev.workflows import (
 )
 
 OUR_NODES = ("BoLIDKeypointsFromJSON", "BoLIDKeypointWeighting")
+FASTFACE_WORKFLOW = "fastface_am2_dcg"
+FACEID_LORA = "ip-adapter-faceid-plusv2_sdxl_lora.safetensors"
 
 
 def test_object_info_lists_the_pack(client) -> None:
@@ -161,3 +163,63 @@ def test_body_id_errors_are_clear(client) -> None:
     views["12"]["inputs"]["name"] = "../../escape"
     with pytest.raises(WorkflowError, match="is not a plain file name"):
         client.run(views, timeout_s=300)
+
+
+def _only(workflow: dict, class_type: str) -> tuple[str, dict]:
+    (found,) = [(node_id, node) for node_id, node in workflow.items() if node["class_type"] == class_type]
+    return found
+
+
+def _upstream(workflow: dict, node_id: str) -> dict:
+    """The node and everything it reads from, so a prompt runs just that part of the graph."""
+    picked, pending = {}, [node_id]
+    while pending:
+        current = pending.pop()
+        if current not in picked:
+            picked[current] = workflow[current]
+            pending += [value[0] for value in workflow[current]["inputs"].values() if isinstance(value, list)]
+    return json.loads(json.dumps(picked))
+
+
+def test_fastface_workflow_is_wired_as_published() -> None:
+    """The FastFace configs use FaceID-Plus-v2 with its LoRA at scale 1.0 and pass no negative prompt
+    (diffusers SDXL then uses zero embeddings, pooled included)."""
+    workflow = load_api_workflow(FASTFACE_WORKFLOW)
+    base_id, _ = _only(workflow, "CheckpointLoaderSimple")
+    lora_id, lora = _only(workflow, "LoraLoaderModelOnly")
+    assert lora["inputs"] == {"model": [base_id, 0], "lora_name": FACEID_LORA, "strength_model": 1.0}
+    _, apply_adapter = _only(workflow, "BoLIDApplyAdapter")
+    assert apply_adapter["inputs"]["model"] == [lora_id, 0]
+    _, guider = _only(workflow, "BoLIDDecoupledCFGGuider")
+    negative_source = workflow[guider["inputs"]["negative"][0]]
+    assert negative_source["class_type"] == "ConditioningZeroOut"
+    assert workflow[negative_source["inputs"]["conditioning"][0]]["class_type"] == "CLIPTextEncode"
+
+
+def test_fastface_guider_gets_zero_negative(client) -> None:
+    workflow = with_tiny_models(load_api_workflow(FASTFACE_WORKFLOW))
+    _, guider = _only(workflow, "BoLIDDecoupledCFGGuider")
+    prompt = {}
+    for name in ("positive", "negative"):
+        probe = {"class_type": "BoLIDTestConditioningProbe", "inputs": {"conditioning": guider["inputs"][name]}}
+        prompt.update(_upstream({**workflow, f"probe_{name}": probe}, f"probe_{name}"))
+    entry = client.run(prompt, timeout_s=300)
+    (positive,) = entry["outputs"]["probe_positive"]["bolid_conditioning"]
+    (negative,) = entry["outputs"]["probe_negative"]["bolid_conditioning"]
+    assert positive["context_abs_max"] > 0 and positive["pooled_abs_max"] > 0, "the probe sees the positive prompt"
+    assert negative["context_shape"] == positive["context_shape"] and negative["pooled_shape"] == [1, 1280]
+    assert negative["context_abs_max"] == 0.0 and negative["pooled_abs_max"] == 0.0
+
+
+def test_fastface_workflow_applies_every_lora_key(client, comfy_server) -> None:
+    """The shipped LoRA node loads the test LoRA (the published key names) without skipping a key."""
+    log_start = comfy_server.log_path.stat().st_size
+    workflow = with_tiny_models(load_api_workflow(FASTFACE_WORKFLOW))
+    lora_id, _ = _only(workflow, "LoraLoaderModelOnly")
+    workflow[lora_id]["inputs"]["strength_model"] = 0.999  # a value no earlier run cached, so the node runs here
+    client.run(workflow, timeout_s=600)
+    with open(comfy_server.log_path, "rb") as log:
+        log.seek(log_start)
+        new_lines = log.read().decode(errors="replace")
+    skipped = [line for line in new_lines.splitlines() if "lora key not loaded" in line or "NOT LOADED" in line]
+    assert not skipped, f"ComfyUI skipped LoRA keys: {skipped[:4]}"

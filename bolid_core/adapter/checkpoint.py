@@ -24,6 +24,7 @@ from .projections import FaceIDPlusProjection, MLPTokenProjection, PerceiverResa
 BOLID_FORMAT = "bolid-adapter"
 BOLID_FORMAT_VERSION = 1
 BASE_FAMILY_BY_CONTEXT = {768: "SD1.5", 1024: "SD2.x", 2048: "SDXL"}
+SD15_CONTEXT_DIM = 768
 
 
 class AdapterFormatError(ValueError):
@@ -117,6 +118,9 @@ class Adapter(nn.Module):
             nn.ModuleDict({source.value: LayerKV(spec.context_dim, width) for source in spec.sources})
             for width in spec.layer_widths
         )
+        # What a host wraps this module in, kept for the module's lifetime (ComfyUI: one ModelPatcher per
+        # load device, so model management tracks one entry per loaded adapter).
+        self.host_wrappers: dict = {}
 
     def projection(self, source: Source) -> nn.Module:
         return self.projections[source.value]
@@ -184,8 +188,7 @@ def _detect_ip_adapter(state: dict[str, torch.Tensor], name: str) -> tuple[Adapt
     if "perceiver_resampler.proj_in.weight" in proj:
         mlp = _mlp_projection(proj, context_dim)
         resampler = PerceiverResampler.from_state_dict(_sub(proj, "perceiver_resampler."))
-        # FaceID-Plus v1 exists only for SD1.5; every SDXL FaceID-Plus file is v2 (with the shortcut).
-        module = FaceIDPlusProjection(mlp, resampler, shortcut=context_dim == 2048 or "v2" in name.lower())
+        module = FaceIDPlusProjection(mlp, resampler, shortcut=_faceid_plus_has_shortcut(context_dim, name))
         spec = AdapterSpec(
             AdapterKind.FACEID_PLUS, context_dim, widths, {Source.FACE: mlp.tokens},
             clip_dim=resampler.proj_in.in_features, clip_input=ClipInput.HIDDEN, face_dim=mlp.proj[0].in_features,
@@ -215,6 +218,18 @@ def _detect_ip_adapter(state: dict[str, torch.Tensor], name: str) -> tuple[Adapt
         return spec, {Source.IMAGE: module}
     known = ", ".join(sorted(proj)[:6]) or "none"
     raise AdapterFormatError(f"{name}: unknown IP-Adapter layout (image_proj keys: {known}).")
+
+
+def _faceid_plus_has_shortcut(context_dim: int, name: str) -> bool:
+    """Whether a FaceID-Plus file is v2 (ArcFace tokens + shortcut x refined) or v1 (refined only).
+
+    Decided by the tensors wherever they can tell: v1 was published only for SD1.5 (text width 768), so
+    any other width, SDXL's 2048 included, is v2 whatever the file is called. SD1.5's v1 and v2 files
+    have identical tensors; only there does the published name ("...plusv2...") decide.
+    """
+    if context_dim != SD15_CONTEXT_DIM:
+        return True
+    return "v2" in name.lower()
 
 
 def _mlp_projection(proj: dict[str, torch.Tensor], context_dim: int) -> MLPTokenProjection:

@@ -3,23 +3,32 @@
 Maps are (batch, heads, queries, tokens) softmax probabilities over the ID tokens.
 
     AM1, scale-power:      A' = s * A^p
-    AM2, scheduled softmax: A' = s * minmax(sigmoid(d * (minmax(A) - Q_p(A))))
+    AM2, scheduled softmax: A' = s * minmax(sigmoid(d * (minmax(A) - max(Q_p(A), 1e-6))))
         Q_p is the p-quantile over query positions, per token, taken on the raw map (as the reference
         code does; eq. 9 prints the opposite sign, the text and the code use this one). minmax runs over
         batch, heads and queries, per token. Token 0 is inverted (1 - A) before the transform and back
-        after (max over queries - A'). AdaIN then blends the map, and the branch output, with the original's
-        statistics: w * x + (1 - w) * adain(x, original).
+        after (max over queries - A'). d and s follow per-step schedules. AdaIN then blends the map
+        (stats over tokens) and the branch output (stats over head_dim, per head) with the original's
+        statistics: w * x + (1 - w) * ((x - mean_x) * std_orig / (std_x + 1e-6) + mean_orig).
+
+The authors' code also clamps s * A at 10; A is a probability and s <= 10 here, so that clamp never binds.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
 BLOCK_NAMES = ("input", "middle", "output")  # ComfyUI's names for the UNet's down, mid and up blocks
+
+ADAIN_EPS = 1e-6  # added to the std divided by, in both AdaINs (the authors' code)
+QUANTILE_FLOOR = 1e-6  # the authors' code clamps the quantile threshold at this
+SCALE_RANGE = (0.0, 10.0)  # s; at 10 the authors' clamp of s * A at 10 would start to matter
+SHARPNESS_RANGE = (0.0, 100.0)  # d, above 0
 
 
 @dataclass(frozen=True)
@@ -47,12 +56,12 @@ def _mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def adain_blend(x: torch.Tensor, original: torch.Tensor, weight: float) -> torch.Tensor:
-    """w * x + (1 - w) * (x standardised along the last dim, then given the original's mean and std)."""
+    """w * x + (1 - w) * ((x - mean) * std_orig / (std + 1e-6) + mean_orig), stats along the last dim."""
+    if x.shape[-1] < 2:  # one token has no spread to match (the authors' code would give NaN here)
+        return x
     mean, std = _mean_std(x)
     target_mean, target_std = _mean_std(original)
-    restyled = (x - mean) / std * target_std + target_mean
-    restyled = torch.where(torch.isfinite(restyled), restyled, x)  # a constant row has no std to match
-    return weight * x + (1 - weight) * restyled
+    return weight * x + (1 - weight) * ((x - mean) * (target_std / (std + ADAIN_EPS)) + target_mean)
 
 
 def scale_power(maps: torch.Tensor, scale: float, power: float) -> torch.Tensor:
@@ -62,7 +71,7 @@ def scale_power(maps: torch.Tensor, scale: float, power: float) -> torch.Tensor:
 def scheduled_softmax(maps: torch.Tensor, scale: float, sharpness: float, quantile: float) -> torch.Tensor:
     # Token-major (tokens, batch, heads, queries): every reduction below runs along a contiguous axis.
     by_token = maps.permute(3, 0, 1, 2).contiguous()
-    threshold = _last_axis_quantile(by_token, quantile)
+    threshold = _last_axis_quantile(by_token, quantile).clamp_min(QUANTILE_FLOOR)
     normed = _minmax_per_token(by_token)
     out = scale * _minmax_per_token(torch.sigmoid(sharpness * (normed - threshold)))
     return out.permute(1, 2, 3, 0)
@@ -100,23 +109,76 @@ def _at(values: Sequence[float], step: int) -> float:
     return values[min(step, len(values) - 1)]
 
 
+def _range_problem(name: str, values: Sequence[float], low: float, high: float, low_included: bool) -> str | None:
+    for value in values:
+        below = value < low or (value == low and not low_included)
+        if not math.isfinite(value) or below or value > high:
+            side = "at least" if low_included else "above"
+            return f"{name} holds {value:g}: every value must be a finite number {side} {low:g} and at most {high:g}."
+    return None
+
+
+def step_schedule(text: str, name: str, low: float, high: float, low_included: bool = True) -> tuple[float, ...]:
+    """One value per step from e.g. "1.0, 1.55" (commas or semicolons; the last value holds for later steps),
+    each finite and in range. Raises ValueError naming the input `name`."""
+    parts = [part.strip() for part in text.replace(";", ",").split(",") if part.strip()]
+    if not parts:
+        raise ValueError(f"{name} is empty: give one number, or one per step separated by commas (e.g. 1.0, 1.55).")
+    try:
+        values = tuple(float(part) for part in parts)
+    except ValueError:
+        raise ValueError(
+            f"{name} '{text}' is not a list of numbers: separate them with commas (e.g. 1.0, 1.55)."
+        ) from None
+    problem = _range_problem(name, values, low, high, low_included)
+    if problem:
+        raise ValueError(f"{problem} Fix the schedule '{text}'.")
+    return values
+
+
 @dataclass(frozen=True)
 class AttentionManipulation:
-    """AM settings; `scales` gives s per block name, and a block without a scale is left untouched."""
+    """AM settings. `scales` gives s per block name, one value per step (the last holds for later steps);
+    a block without a scale is left untouched."""
 
     kind: AMKind
-    scales: dict[str, float]
+    scales: Mapping[str, tuple[float, ...]]
     power: float = 1.3
     quantile: float = 0.65
     sharpness: tuple[float, ...] = (7.5, 5.0)  # d per step; the last value holds for the remaining steps
     adain_weight: float | None = 0.7
     invert_first_token: bool = True
 
+    def __post_init__(self) -> None:
+        problems = [
+            _range_problem(f"AM scale for block '{block}'", schedule, *SCALE_RANGE, True)
+            if schedule
+            else f"AM scale for block '{block}' is an empty schedule."
+            for block, schedule in self.scales.items()
+        ]
+        problems += [
+            None if block in BLOCK_NAMES else f"AM block '{block}' is not one of {', '.join(BLOCK_NAMES)}."
+            for block in self.scales
+        ]
+        problems.append(_range_problem("AM power", (self.power,), 0.0, 5.0, False))
+        problems.append(_range_problem("AM quantile", (self.quantile,), 0.0, 1.0, True))
+        problems.append(
+            _range_problem("AM sharpness", self.sharpness, *SHARPNESS_RANGE, False)
+            if self.sharpness
+            else "AM sharpness is an empty schedule."
+        )
+        if self.adain_weight is not None:
+            problems.append(_range_problem("AM AdaIN weight", (self.adain_weight,), 0.0, 1.0, True))
+        problem = next((p for p in problems if p), None)
+        if problem:
+            raise ValueError(problem)
+
     def bind(self, block: str, step: int) -> MapHook | None:
         """The hook for one layer of block `block` at sampling step `step`, or None where AM does not act."""
-        scale = self.scales.get(block)
-        if scale is None:
+        schedule = self.scales.get(block)
+        if schedule is None:
             return None
+        scale = _at(schedule, step)
         if self.kind is AMKind.SCALE_POWER:
             return MapHook(lambda maps: scale_power(maps, scale, self.power))
         sharpness = _at(self.sharpness, step)
@@ -129,14 +191,25 @@ class AttentionManipulation:
         return MapHook(lambda maps: adain_blend(transform(maps), maps, weight), output_adain=weight)
 
 
+# The published values: src/custom_dca.py and configs/fastface/am{1,2}_and_dcg.json of the authors' code.
+AM1_SCALE_DOWN, AM1_SCALE_UP, AM1_POWER = 1.55, 1.45, 1.3  # the paper's text swaps the two scales
+AM2_SCALE, AM2_SHARPNESS, AM2_QUANTILE, AM2_ADAIN_WEIGHT = (1.0, 1.55), (7.5, 5.0), 0.65, 0.7
+
+
 def am1_preset() -> AttentionManipulation:
-    """FastFace AM1 as published: p = 1.3, s = 1.45 on down blocks and 1.55 on up blocks, no mid block."""
-    return AttentionManipulation(AMKind.SCALE_POWER, {"input": 1.45, "output": 1.55}, adain_weight=None)
+    """FastFace AM1 as the authors' code runs it: p = 1.3, s = 1.55 on down blocks and 1.45 on up blocks, no mid."""
+    return AttentionManipulation(
+        AMKind.SCALE_POWER, {"input": (AM1_SCALE_DOWN,), "output": (AM1_SCALE_UP,)}, AM1_POWER, adain_weight=None
+    )
 
 
 def am2_preset() -> AttentionManipulation:
-    """FastFace AM2 as published: d = 7.5 then 5, p = 0.65, s = 1.55, AdaIN 0.7, token-0 inversion."""
-    return AttentionManipulation(AMKind.SCHEDULED_SOFTMAX, {"input": 1.55, "output": 1.55})
+    """FastFace AM2 as the authors' code runs it on down and up blocks: s = 1.0 then 1.55, d = 7.5 then 5,
+    p = 0.65, AdaIN 0.7 on map and output, token-0 inversion."""
+    return AttentionManipulation(
+        AMKind.SCHEDULED_SOFTMAX, {"input": AM2_SCALE, "output": AM2_SCALE}, quantile=AM2_QUANTILE,
+        sharpness=AM2_SHARPNESS, adain_weight=AM2_ADAIN_WEIGHT,
+    )  # fmt: skip
 
 
 class AMPreset(str, enum.Enum):
@@ -148,12 +221,16 @@ class AMPreset(str, enum.Enum):
 
 @dataclass(frozen=True)
 class AMCustom:
-    scales: dict[str, float]
-    power: float
-    quantile: float
-    sharpness: tuple[float, ...]
-    adain_weight: float | None
-    invert_first_token: bool
+    """The custom presets' values. `blocks` are the block names AM acts on; `am1_scales` is s per block name."""
+
+    blocks: frozenset[str]
+    am1_scales: Mapping[str, float]
+    am1_power: float
+    am2_scale: tuple[float, ...]
+    am2_sharpness: tuple[float, ...]
+    am2_quantile: float
+    am2_adain_weight: float | None
+    am2_invert_first_token: bool
 
 
 def manipulation_for(preset: AMPreset, custom: AMCustom) -> AttentionManipulation:
@@ -162,8 +239,11 @@ def manipulation_for(preset: AMPreset, custom: AMCustom) -> AttentionManipulatio
         return am1_preset()
     if preset is AMPreset.AM2_PUBLISHED:
         return am2_preset()
-    kind = AMKind.SCALE_POWER if preset is AMPreset.AM1_CUSTOM else AMKind.SCHEDULED_SOFTMAX
+    if preset is AMPreset.AM1_CUSTOM:
+        scales = {block: (custom.am1_scales[block],) for block in custom.blocks}
+        return AttentionManipulation(AMKind.SCALE_POWER, scales, custom.am1_power, adain_weight=None)
     return AttentionManipulation(
-        kind, custom.scales, custom.power, custom.quantile, custom.sharpness, custom.adain_weight,
-        custom.invert_first_token,
+        AMKind.SCHEDULED_SOFTMAX, dict.fromkeys(custom.blocks, custom.am2_scale), quantile=custom.am2_quantile,
+        sharpness=custom.am2_sharpness, adain_weight=custom.am2_adain_weight,
+        invert_first_token=custom.am2_invert_first_token,
     )  # fmt: skip

@@ -5,7 +5,9 @@
 The text term is left to the host's fused attention. This module adds the adapter terms, reading Q
 once for all sources: one score matmul over their concatenated keys, a softmax per source segment,
 the per-sample scale and per-query mask folded into the probabilities, and one matmul with the
-concatenated values.
+concatenated values. FastFace's output AdaIN is a per-(batch, head, query) gain and shift computed from
+small factors: the gain scales the probabilities, the shift rides in the same matmul as one more column
+of probabilities against a value row of ones.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .manipulation import MapHook
+from .manipulation import ADAIN_EPS, MapHook
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ def adapter_attention(query: torch.Tensor, sources: Sequence[SourceKV], heads: i
     values = torch.cat([_heads(s.value.to(query.dtype), batch, heads) for s in active], dim=2)
     scores = (q @ keys.transpose(-1, -2)) * (1.0 / math.sqrt(width // heads))
     sizes = [s.key.shape[1] for s in active]
-    joint_probs, joint_values, row_bias = [], [], 0
+    joint_probs, joint_values, shifts = [], [], []
     for source, segment, value in zip(active, scores.split(sizes, dim=-1), values.split(sizes, dim=2), strict=True):
         probs = segment.softmax(dim=-1)
         weight = source.scale.to(probs.dtype).reshape(-1, 1, 1, 1)
@@ -72,37 +74,41 @@ def adapter_attention(query: torch.Tensor, sources: Sequence[SourceKV], heads: i
         elif hook.output_adain is None:
             joint_probs.append(hook.transform(probs) * weight)
         else:
-            manipulated = hook.transform(probs) * weight
-            scale, bias = _output_adain_affine(probs * weight, manipulated, value, hook.output_adain)
-            joint_probs.append(manipulated * scale)
-            row_bias = row_bias + bias
+            manipulated = hook.transform(probs)
+            gain, shift = _output_adain_affine(probs, manipulated, value, hook.output_adain)
+            joint_probs.append(manipulated * (gain * weight))
+            shifts.append(shift * weight)
         joint_values.append(value)
-    out = (
+    if shifts:  # the AdaIN shifts ride in the same matmul: one more "token" whose value row is all ones
+        joint_probs.append(sum(shifts[1:], shifts[0]))
+        joint_values.append(values.new_ones(()).expand(batch, heads, 1, width // heads))
+    return (
         (torch.cat(joint_probs, dim=-1) @ torch.cat(joint_values, dim=2)).transpose(1, 2).reshape(batch, queries, width)
     )
-    return out + row_bias
 
 
-def _row_stats(probs: torch.Tensor, value: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and (unbiased) std over channels of each query's output probs @ value, merged across heads,
-    from the small factors: sum = P (V 1), sum of squares = P (V V^T) P^T; no pass over the output."""
-    total = (probs @ value.sum(dim=-1, keepdim=True)).sum(dim=1, keepdim=True)  # (batch, 1, queries, 1)
-    gram = value @ value.transpose(-1, -2)  # (batch, heads, tokens, tokens)
-    squares = ((probs @ gram) * probs).sum(dim=-1, keepdim=True).sum(dim=1, keepdim=True)
-    mean = total / width
-    variance = (squares - width * mean.square()) / (width - 1)
-    return mean, variance.clamp_min(0).sqrt()
+def _head_output_stats(probs, value_means, centred_gram, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased std over head_dim of each (batch, head, query) row of probs @ value, from the small
+    factors: mean = P m with m each token's value mean; with V_c = V - m, the sum of squared deviations is
+    diag(P V_c V_c^T P^T). Centring first avoids the cancellation of sum(x^2) - dim * mean^2."""
+    mean = probs @ value_means
+    spread = ((probs @ centred_gram) * probs).sum(dim=-1, keepdim=True)
+    return mean, (spread.clamp_min(0) / (dim - 1)).sqrt()
 
 
 def _output_adain_affine(original, manipulated, value, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """w * x + (1 - w) * adain(x, original) for x = manipulated @ value is a per-query affine map of x:
-    scale * x + bias. Returns scale (batch, 1, queries, 1) for the probabilities and bias (batch, queries, 1)."""
-    width = value.shape[1] * value.shape[-1]
-    mean, std = _row_stats(manipulated, value, width)
-    target_mean, target_std = _row_stats(original, value, width)
-    ratio = target_std / std
-    usable = torch.isfinite(ratio) & (std > 0)  # a constant row has no std to match: leave it as it is
-    ratio = torch.where(usable, ratio, torch.zeros_like(ratio))
-    scale = torch.where(usable, weight + (1 - weight) * ratio, torch.ones_like(ratio))
-    bias = torch.where(usable, (1 - weight) * (target_mean - mean * ratio), torch.zeros_like(ratio))
-    return scale, bias[:, 0]
+    """The output AdaIN w * x + (1 - w) * ((x - mean) * std_orig / (std + 1e-6) + mean_orig), for x =
+    manipulated @ value and stats over head_dim per (batch, head, query), is gain * x + shift per row.
+    Returns gain, which scales the probabilities, and shift, both (batch, heads, queries, 1). As in the
+    authors' code, any NaN in the result falls back to x itself (checked without a host sync)."""
+    dim = value.shape[-1]
+    value_means = value.mean(dim=-1, keepdim=True)
+    centred = value - value_means
+    centred_gram = centred @ centred.transpose(-1, -2)  # (batch, heads, tokens, tokens)
+    mean, std = _head_output_stats(manipulated, value_means, centred_gram, dim)
+    target_mean, target_std = _head_output_stats(original, value_means, centred_gram, dim)
+    ratio = target_std / (std + ADAIN_EPS)
+    gain = weight + (1 - weight) * ratio
+    shift = (1 - weight) * (target_mean - mean * ratio)
+    broken = (gain + shift).isnan().any()
+    return torch.where(broken, 1.0, gain), torch.where(broken, 0.0, shift)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +27,23 @@ class BodyID:
     def __post_init__(self) -> None:
         if self.c_body.ndim != 2 or self.c_body.shape[0] != 1:
             raise ValueError(f"c_body must be shaped (1, dim); got {tuple(self.c_body.shape)}.")
+        _require_finite(self.c_body, "This body ID")
 
     @property
     def dim(self) -> int:
         return self.c_body.shape[1]
 
 
+def _require_finite(c_body: torch.Tensor, what: str) -> None:
+    if not torch.isfinite(c_body).all():
+        raise ValueError(
+            f"{what} holds NaN or infinite values: rebuild it from images, or pick another body. "
+            "A NaN body would only ever give NaN images."
+        )
+
+
 def save_body_id(body: BodyID, path: str | os.PathLike) -> Path:
+    _require_finite(body.c_body, "The body ID to save")  # checked again: a tensor can change after construction
     metadata = {
         "format": BODY_ID_FORMAT,
         "format_version": str(BODY_ID_FORMAT_VERSION),
@@ -46,6 +57,7 @@ def load_body_id(path: str | os.PathLike) -> BodyID:
     tensors, metadata = read_pack_file(path, BODY_ID_FORMAT, BODY_ID_FORMAT_VERSION, "saved body ID")
     if "c_body" not in tensors:
         raise ValueError(f"{Path(path).name} holds no c_body; write it again with BoLID Save Body ID.")
+    _require_finite(tensors["c_body"], f"The saved body ID {Path(path).name}")
     return BodyID(tensors["c_body"], int(metadata["source_count"]), metadata["encoder"])
 
 
@@ -59,6 +71,8 @@ def blend_body_ids(bodies: list[BodyID], weights: list[float]) -> BodyID:
     """Weighted mean of body latents made by the same encoder (or sampled from the prior)."""
     if len(bodies) != len(weights) or not bodies:
         raise ValueError("Give one weight per body ID.")
+    if not all(isinstance(w, (int, float)) and math.isfinite(w) for w in weights):
+        raise ValueError(f"Blend weights must be finite numbers; got {weights}.")
     if sum(weights) <= 0 or any(w < 0 for w in weights):
         raise ValueError("Blend weights must be non-negative and not all zero.")
     dims = {body.dim for body in bodies}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -22,6 +23,12 @@ PREVIEW_MAX_SIDE = 512
 class WeightingParams:
     sigma: float  # fraction of each view's shorter side
     alpha: float
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.sigma) or self.sigma <= 0:
+            raise ValueError(f"sigma must be a positive, finite fraction of the view's shorter side; got {self.sigma}.")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must lie in [0, 1]; got {self.alpha}.")
 
 
 def weighted_chunks(views: torch.Tensor, poses: ViewPoses, weighting: WeightingParams) -> Iterator[ViewChunk]:

@@ -1,15 +1,35 @@
-"""COCO-17 pose keypoints from Ultralytics YOLO11-pose, offline, batched over views.
+"""COCO-17 pose keypoints from Ultralytics YOLO pose models (.pt or .onnx), offline, batched over views.
 
-ultralytics is imported only when a model is loaded. YOLO_OFFLINE stops its settings sync and
-downloads; the pack draws its own previews, so ultralytics' plotting (which fetches a font) never runs.
+ultralytics is imported only when a model is loaded. YOLO_OFFLINE stops its settings sync and downloads, and
+YOLO_AUTOINSTALL its pip installs; the pack draws its own previews, so ultralytics' plotting (which fetches a font)
+never runs.
+
+A model file is untrusted input: a shared workflow names it, and /prompt is reachable from the network.
+- `.pt` files are pickles, which can run code when loaded. Their bytes are read once and unpickled with
+  torch.load(weights_only=True) against an allow-list of the classes a YOLO pose checkpoint holds. Module classes
+  may only be re-created empty and filled with their saved state, as pickle does for every module; a file that calls
+  one with arguments is refused, since some constructors read (and download) model configs. Only bytes that pass go
+  to ultralytics, from a private copy, so it never unpickles anything unchecked.
+- `.onnx` files carry no code, but ultralytics before 8.4 runs eval() on some of their metadata: those values must
+  be plain literals. Tensors stored in outside files are refused.
 """
 
 from __future__ import annotations
 
+import ast
+import contextlib
+import io
+import math
 import os
-from collections.abc import Callable
+import pickle
+import shutil
+import tempfile
+import threading
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -17,6 +37,32 @@ from ..images import to_uint8_bgr
 from .keypoints import NUM_KEYPOINTS, PoseKeypoints
 
 VIEW_CHUNK = 8  # views per predict call: bounds memory for any number of views
+POSE_MODEL_SUFFIXES = (".pt", ".onnx")
+
+# What YOLOv8-, YOLO11- and YOLO26-pose checkpoints hold, read off checkpoints that ultralytics saved. Detect models
+# are listed only so that picking one gets "this is a detect model" rather than a refusal.
+POSE_CHECKPOINT_MODULES = (
+    "torch.nn.modules.activation.SiLU", "torch.nn.modules.activation.Tanh", "torch.nn.modules.batchnorm.BatchNorm2d",
+    "torch.nn.modules.container.ModuleList", "torch.nn.modules.container.Sequential", "torch.nn.modules.conv.Conv2d",
+    "torch.nn.modules.linear.Identity", "torch.nn.modules.linear.Linear", "torch.nn.modules.pooling.MaxPool2d",
+    "torch.nn.modules.upsampling.Upsample",
+    "ultralytics.nn.modules.block.Attention", "ultralytics.nn.modules.block.Bottleneck",
+    "ultralytics.nn.modules.block.C2f", "ultralytics.nn.modules.block.C2PSA", "ultralytics.nn.modules.block.C3k",
+    "ultralytics.nn.modules.block.C3k2", "ultralytics.nn.modules.block.DFL", "ultralytics.nn.modules.block.PSABlock",
+    "ultralytics.nn.modules.block.RealNVP", "ultralytics.nn.modules.block.SPPF", "ultralytics.nn.modules.conv.Concat",
+    "ultralytics.nn.modules.conv.Conv", "ultralytics.nn.modules.conv.DWConv", "ultralytics.nn.modules.head.Detect",
+    "ultralytics.nn.modules.head.Pose", "ultralytics.nn.modules.head.Pose26",
+    "ultralytics.nn.tasks.DetectionModel", "ultralytics.nn.tasks.PoseModel",
+)  # fmt: skip
+# Plain data that trained checkpoints carry beside the model: training arguments and numpy metric values.
+POSE_CHECKPOINT_DATA = (
+    "ultralytics.utils.IterableSimpleNamespace", "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar",
+    "numpy.dtype",
+)  # fmt: skip
+# The ONNX metadata that ultralytics before 8.4 passes to eval().
+ONNX_EVALUATED_METADATA = ("imgsz", "names", "kpt_shape", "args")
+
+_REGISTRY_LOCK = threading.Lock()
 
 
 class PoseModelError(RuntimeError):
@@ -33,22 +79,245 @@ class ViewPoses:
     notes: list[str]
 
 
-def load_pose_model(path: str | os.PathLike):
-    """A YOLO pose model from a local .pt file (trusted: .pt files are pickles; pick them from models/ultralytics)."""
-    os.environ.setdefault("YOLO_OFFLINE", "1")
+@dataclass(frozen=True)
+class PoseModel:
+    """An ultralytics YOLO pose model; an ONNX export with fixed shapes runs at its own size and batch."""
+
+    yolo: Any
+    fixed_image_size: tuple[int, int] | None = None  # (height, width)
+    fixed_batch: int | None = None
+
+    @property
+    def task(self) -> str:
+        return self.yolo.task
+
+    def predict(self, images: list, conf: float, imgsz: int, verbose: bool = False) -> list:
+        size = self.fixed_image_size or imgsz
+        step = self.fixed_batch or max(1, len(images))
+        results = []
+        for start in range(0, len(images), step):
+            results += self.yolo.predict(images[start : start + step], conf=conf, imgsz=size, verbose=verbose)
+        return results
+
+
+def _refusal(name: str, reason: str) -> str:
+    return (
+        f"{name} was refused: {reason}. Pose models are checked before use because .pt files are pickles, which "
+        f"can run code. Use a pose model from a source you trust: export it to ONNX (`yolo export model={name} "
+        "format=onnx`, on a machine where you trust it) and put the .onnx file in models/ultralytics, or save it "
+        "again with a current ultralytics."
+    )
+
+
+def load_pose_model(path: str | os.PathLike) -> PoseModel:
+    """A YOLO pose model from a local .pt or .onnx file, checked as the module docstring says; never downloads."""
+    os.environ.setdefault("YOLO_OFFLINE", "true")
+    os.environ.setdefault("YOLO_AUTOINSTALL", "false")
     path = Path(path)
+    if path.suffix.lower() not in POSE_MODEL_SUFFIXES:
+        raise PoseModelError(f"{path.name} is not a pose model file: use a YOLO11-pose .pt or .onnx file.")
     if not path.is_file():
         raise FileNotFoundError(
-            f"Pose model {path} not found: put a YOLO11-pose .pt file (e.g. yolo11n-pose.pt) there."
+            f"Pose model {path} not found: put a YOLO11-pose .pt or .onnx file (e.g. yolo11n-pose.pt) there."
         )
+    data = path.read_bytes()  # read once: the bytes checked are the bytes ultralytics loads
+    if path.suffix.lower() == ".onnx":
+        return _load_onnx(data, path.name)
+    return _load_checkpoint(data, path.name)
+
+
+# --- .pt -----------------------------------------------------------------------------------------------------------
+
+
+class _CreateOnly(type):
+    """Stands in for an allowed module class while unpickling: creating an empty instance (pickle's NEWOBJ) is
+    allowed, calling the class (pickle's REDUCE, which runs its constructor with the file's arguments) is not."""
+
+    def __call__(cls, *args, **kwargs):
+        raise pickle.UnpicklingError(f"it calls {cls.qualified_name}(...), which no saved model does")
+
+
+def _create_only(real: type, qualified_name: str) -> type:
+    def create(_stand_in, *args):
+        if args:
+            raise pickle.UnpicklingError(f"it creates {qualified_name} with arguments, which no saved model does")
+        return real.__new__(real)
+
+    return _CreateOnly(real.__name__, (), {"__new__": staticmethod(create), "qualified_name": qualified_name})
+
+
+def _resolve(qualified_name: str) -> Any | None:
+    import importlib
+
+    module, _, attribute = qualified_name.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attribute, None)
+    except ImportError:
+        return None  # a class this ultralytics or numpy does not have: a file that needs it is refused
+
+
+def _checkpoint_allow_list() -> list:
+    import numpy as np
+
+    entries: list = []
+    for name in POSE_CHECKPOINT_MODULES:
+        real = _resolve(name)
+        if real is not None:
+            entries.append((_create_only(real, name), name))
+            # pickle fills the new instance from its saved state (BUILD), which torch allows only for listed types.
+            # A name with a newline cannot appear in a pickle, so the real class stays out of the file's reach.
+            entries.append((real, f"\nfill only\n{name}"))
+    for name in POSE_CHECKPOINT_DATA:
+        value = _resolve(name)
+        if value is not None:
+            entries.append((value, name))
+    for dtype in (np.float64, np.float32, np.int64, np.int32, np.bool_):
+        entries.append((type(np.dtype(dtype)), f"\nfill only\n{type(np.dtype(dtype)).__name__}"))
+    return entries
+
+
+@contextlib.contextmanager
+def _only_these_safe_globals(entries: list) -> Iterator[None]:
+    """torch's allow-list is one set for the whole process: other packs may have put whole classes in it, which
+    would let a file call them. Swap it for ours for the length of the load, then restore it."""
+    with _REGISTRY_LOCK:
+        saved = torch.serialization.get_safe_globals()
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(entries)
+        try:
+            yield
+        finally:
+            torch.serialization.clear_safe_globals()
+            torch.serialization.add_safe_globals(saved)
+
+
+def _checked_checkpoint(data: bytes, name: str) -> dict:
+    if not hasattr(torch.serialization, "get_unsafe_globals_in_checkpoint"):
+        raise PoseModelError(
+            f"{name}: checking a .pt pose model safely needs torch 2.6 or newer. Update torch, or use the model "
+            f"exported to ONNX (`yolo export model={name} format=onnx`), which carries no code."
+        )
+    try:
+        with _only_these_safe_globals(_checkpoint_allow_list()):
+            checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise PoseModelError(_refusal(name, _unpickling_problem(data, error))) from None
+    except (RuntimeError, EOFError, ValueError) as error:
+        raise PoseModelError(
+            f"{name} is not a readable PyTorch checkpoint ({str(error).splitlines()[0][:200]}): pick a YOLO pose "
+            ".pt or .onnx file."
+        ) from None
+    model = (checkpoint.get("ema") or checkpoint.get("model")) if isinstance(checkpoint, dict) else None
+    if not isinstance(model, torch.nn.Module):
+        raise PoseModelError(f"{name} holds no ultralytics model: pick a YOLO pose .pt file saved by ultralytics.")
+    return checkpoint
+
+
+def _unpickling_problem(data: bytes, error: pickle.UnpicklingError) -> str:
+    """Which names outside the allow-list the file refers to, or else what torch's unpickler refused."""
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(data))
+    except (ValueError, RuntimeError, pickle.UnpicklingError):  # the scan only improves the message
+        found = []
+    allowed = set(POSE_CHECKPOINT_MODULES) | set(POSE_CHECKPOINT_DATA)
+    outside = sorted(set(found) - allowed)
+    if outside:
+        shown = ", ".join(outside[:5]) + (f" and {len(outside) - 5} more" if len(outside) > 5 else "")
+        return f"it refers to {shown}, which a YOLO pose checkpoint never holds"
+    text = str(error)
+    marker = "WeightsUnpickler error: "
+    detail = text[text.index(marker) + len(marker) :] if marker in text else text
+    return next((line.strip() for line in detail.splitlines() if line.strip()), "torch could not read it")[:300]
+
+
+def _load_checkpoint(data: bytes, name: str) -> PoseModel:
+    checkpoint = _checked_checkpoint(data, name)
+    model = checkpoint.get("ema") or checkpoint.get("model")
+    if type(model).__name__ != "PoseModel":
+        task = "detect" if type(model).__name__ == "DetectionModel" else type(model).__name__
+        raise PoseModelError(f"{name} is a YOLO {task} model; the body ID needs a -pose model (yolo11n-pose.pt).")
     from ultralytics import YOLO
 
-    model = YOLO(str(path), task="pose")
+    with tempfile.TemporaryDirectory(prefix="bolid-pose-") as private:
+        copy = Path(private) / name
+        copy.write_bytes(data)
+        yolo = YOLO(str(copy), task="pose")
+    return _checked_task(PoseModel(yolo), name)
+
+
+def _checked_task(model: PoseModel, name: str) -> PoseModel:
     if model.task != "pose":
-        raise PoseModelError(
-            f"{path.name} is a YOLO {model.task} model; the body ID needs a -pose model (yolo11n-pose.pt)."
-        )
+        raise PoseModelError(f"{name} is a YOLO {model.task} model; the body ID needs a -pose model (yolo11n-pose.pt).")
     return model
+
+
+# --- .onnx ---------------------------------------------------------------------------------------------------------
+
+
+def _graph_tensors(graph) -> Iterator:
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                yield from _graph_tensors(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _graph_tensors(subgraph)
+
+
+def _load_onnx(data: bytes, name: str) -> PoseModel:
+    try:
+        import onnx
+        import onnxruntime
+        from google.protobuf.message import DecodeError
+    except ImportError:
+        raise PoseModelError(
+            f"{name}: ONNX pose models need the onnx and onnxruntime packages. Install them "
+            "(pip install onnx onnxruntime, or onnxruntime-gpu), or use a .pt pose model."
+        ) from None
+    try:
+        proto = onnx.load_model_from_string(data)
+    except (DecodeError, ValueError) as error:
+        raise PoseModelError(f"{name} is not a readable ONNX file ({error}): export it again.") from None
+    if any(tensor.data_location == onnx.TensorProto.EXTERNAL for tensor in _graph_tensors(proto.graph)):
+        raise PoseModelError(
+            _refusal(name, "it reads tensors from other files; export it again as one file (weights inside)")
+        )
+    metadata = {entry.key: entry.value for entry in proto.metadata_props}
+    if "task" not in metadata or "kpt_shape" not in metadata:
+        raise PoseModelError(
+            f"{name} has no Ultralytics metadata (task, kpt_shape): export the pose model with ultralytics "
+            f"(`yolo export model=yolo11n-pose.pt format=onnx`)."
+        )
+    literals = {}
+    for key in ONNX_EVALUATED_METADATA:
+        if key in metadata:
+            try:
+                literals[key] = ast.literal_eval(metadata[key])
+            except (ValueError, SyntaxError, MemoryError, RecursionError):
+                raise PoseModelError(_refusal(name, f"its metadata field '{key}' is not a plain value")) from None
+    if metadata["task"] != "pose":
+        raise PoseModelError(f"{name} is a YOLO {metadata['task']} model; the body ID needs a -pose model.")
+    if list(literals.get("kpt_shape", ())) != [NUM_KEYPOINTS, 3]:
+        raise PoseModelError(
+            f"{name} gives keypoints shaped {metadata['kpt_shape']}; the body ID needs COCO's 17 (x, y, visibility)."
+        )
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    fixed_size = (dims[2], dims[3]) if len(dims) == 4 and dims[2] and dims[3] else None
+    fixed_batch = dims[0] if dims and dims[0] else None
+
+    from ultralytics import YOLO
+
+    private = tempfile.mkdtemp(prefix="bolid-pose-")
+    copy = Path(private) / name
+    copy.write_bytes(data)
+    yolo = YOLO(str(copy), task="pose")  # ultralytics opens the ONNX session on first predict: keep the copy
+    weakref.finalize(yolo, shutil.rmtree, private, True)
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        yolo.overrides["device"] = "cpu"  # else ultralytics, seeing a GPU, would try to pip-install onnxruntime-gpu
+    return _checked_task(PoseModel(yolo, fixed_size, fixed_batch), name)
 
 
 def _pick_person(result, view: int) -> tuple[torch.Tensor, float, str | None]:
@@ -69,7 +338,7 @@ def _pick_person(result, view: int) -> tuple[torch.Tensor, float, str | None]:
 
 
 def detect_poses(
-    model,
+    model: PoseModel,
     views: torch.Tensor,
     *,
     detection_confidence: float = 0.25,
@@ -83,6 +352,10 @@ def detect_poses(
         raise ValueError(
             f"Views must be an IMAGE shaped (N, H, W, 3), (N, H, W, 1) or (N, H, W, 4); got {tuple(views.shape)}."
         )
+    if not (math.isfinite(detection_confidence) and 0.0 < detection_confidence <= 1.0):
+        raise ValueError(f"detection_confidence must be a finite number in (0, 1]; got {detection_confidence}.")
+    if not (math.isfinite(keypoint_confidence) and 0.0 <= keypoint_confidence <= 1.0):
+        raise ValueError(f"keypoint_confidence must be a finite number in [0, 1]; got {keypoint_confidence}.")
     if min(views.shape[1:3]) < 32:
         raise ValueError(
             f"Views of {views.shape[2]}x{views.shape[1]} px are too small for pose detection: use at least 32 px."

@@ -9,6 +9,7 @@ Pixel p is taken at its centre, (column + 0.5, row + 0.5), in the same pixel uni
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -29,8 +30,8 @@ def keypoint_weight_map(keypoints: PoseKeypoints, height: int, width: int, sigma
     keypoint matters, so memory stays at one (views, H, W) map whatever the number of keypoints.
     A view with no visible keypoint gets a map of ones (nothing to emphasise).
     """
-    if sigma_px <= 0:
-        raise ValueError(f"sigma must be positive; got {sigma_px}.")
+    if not math.isfinite(sigma_px) or sigma_px <= 0:  # a NaN sigma would give a map of ones: weighting off
+        raise ValueError(f"sigma must be a positive, finite number; got {sigma_px}.")
     if height < 1 or width < 1:
         raise ValueError(f"View size must be at least 1x1; got {height}x{width}.")
     points = keypoints.in_pixels(height, width)
@@ -59,8 +60,10 @@ def weight_views(images: torch.Tensor, keypoints: PoseKeypoints, sigma_px: float
     """
     if images.ndim != 4:
         raise ValueError(f"Images must be shaped (views, height, width, channels); got {tuple(images.shape)}.")
-    if not 0.0 <= alpha <= 1.0:
+    if not 0.0 <= alpha <= 1.0:  # also refuses NaN
         raise ValueError(f"alpha must lie in [0, 1]; got {alpha}.")
+    if not torch.isfinite(images).all():
+        raise ValueError("The images hold NaN or infinite values: check the node that made them.")
     count, height, width, _ = images.shape
     if keypoints.num_views not in (1, count):
         raise ValueError(

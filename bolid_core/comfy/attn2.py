@@ -77,14 +77,23 @@ class AppliedAdapter:
             self._kv_cache[key] = (tokens @ weight_k.T, tokens @ weight_v.T)
         return self._kv_cache[key]
 
-    def mask(self, index: int, latent_hw: tuple[int, int], queries: int, like: torch.Tensor) -> torch.Tensor | None:
-        """One source's mask on a block's query grid, resized once per grid and device."""
+    def mask(
+        self, index: int, latent_hw: tuple[int, int], queries: int, chunks: int, per_chunk: int, like: torch.Tensor
+    ) -> torch.Tensor | None:
+        """One source's mask on a block's query grid, for the whole chunked batch: (1 or chunks x per_chunk,
+        queries). Mask j goes to sample j of every chunk. Resized once per grid, batch layout and device."""
         mask = self.sources[index].mask
         if mask is None:
             return None
-        key = ("mask", index, latent_hw, queries, like.device)
+        key = ("mask", index, latent_hw, queries, chunks, per_chunk, like.device)
         if key not in self._kv_cache:
-            self._kv_cache[key] = mask_to_queries(mask.to(like.device), latent_hw, queries)
+            if mask.shape[0] not in (1, per_chunk):
+                raise ValueError(
+                    f"The adapter's attn_mask is a batch of {mask.shape[0]} masks but the latent batch is "
+                    f"{per_chunk}: give one mask for all images, or one mask per image ({per_chunk})."
+                )
+            on_grid = mask_to_queries(mask.to(like.device), latent_hw, queries)
+            self._kv_cache[key] = on_grid if on_grid.shape[0] == 1 else on_grid.repeat(chunks, 1)
         return self._kv_cache[key]
 
 
@@ -129,7 +138,8 @@ class AdapterAttentionPatch:
                 key, value = self.applied.kv(self.layer, index, on, q)
                 keys.append(key.expand(per_chunk, -1, -1))
                 values.append(value.expand(per_chunk, -1, -1))
-            mask = self.applied.mask(index, tuple(extra_options["original_shape"][-2:]), q.shape[1], q)
+            latent_hw = tuple(extra_options["original_shape"][-2:])
+            mask = self.applied.mask(index, latent_hw, q.shape[1], len(chunks), per_chunk, q)
             hook = applied.manipulation.bind(extra_options["block"][0], step) if applied.manipulation else None
             sources.append(SourceKV(torch.cat(keys), torch.cat(values), applied.weight * in_window.float(), mask, hook))
         return sources
@@ -146,6 +156,19 @@ class AdapterAttentionPatch:
     def __deepcopy__(self, memo: dict) -> AdapterAttentionPatch:
         # model.clone() deep-copies model_options: share the weights and K/V cache, never duplicate them.
         return self
+
+
+def adapter_patcher(adapter: Adapter, load_device: torch.device) -> comfy.model_patcher.ModelPatcher:
+    """The adapter's one ModelPatcher for `load_device`, made on first use and reused by every apply.
+
+    A new patcher per apply would leave model management a dead entry for the same live weights each
+    time the old one is dropped ("memory leak with model Adapter", and a gc.collect() per model load).
+    """
+    if load_device not in adapter.host_wrappers:
+        adapter.host_wrappers[load_device] = comfy.model_patcher.ModelPatcher(
+            adapter, load_device=load_device, offload_device=comfy.model_management.unet_offload_device()
+        )
+    return adapter.host_wrappers[load_device]
 
 
 def check_fit(model: comfy.model_patcher.ModelPatcher, adapter: Adapter) -> list[LayerKey]:
@@ -173,13 +196,7 @@ def apply_adapter(
     """A clone of `model` whose cross-attention layers also attend to the adapter's sources."""
     keys = check_fit(model, adapter)
     patched = model.clone()
-    applied = AppliedAdapter(
-        adapter,
-        sources,
-        comfy.model_patcher.ModelPatcher(
-            adapter, load_device=model.load_device, offload_device=comfy.model_management.unet_offload_device()
-        ),
-    )
+    applied = AppliedAdapter(adapter, sources, adapter_patcher(adapter, model.load_device))
     existing = patched.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
     for layer, key in enumerate(keys):
         inner = existing.get(key, existing.get(key[:2]))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import comfy.samplers
 
-from ..guidance.dcg import Branch, DCGSchedule, DCGVariant, combine
+from ..guidance.dcg import Branch, DCGSchedule, DCGVariant, EndSteps, combine
 from .attn2 import SOURCE_SWITCH_KEY
 from .steps import step_index
 
@@ -17,11 +17,11 @@ class DCGSettings:
     variant: DCGVariant
     alpha: float | Sequence[float]
     beta: float | Sequence[float]
-    rescale_phi: float
-    intermediate_only: bool
+    rescale_phi: float = 0.75
+    end_steps: EndSteps = EndSteps.PUBLISHED
 
     def schedule(self, steps: int) -> DCGSchedule:
-        return DCGSchedule.build(self.variant, self.alpha, self.beta, steps, self.rescale_phi, self.intermediate_only)
+        return DCGSchedule.build(self.variant, self.alpha, self.beta, steps, self.rescale_phi, self.end_steps)
 
 
 def _with_switch(model_options: dict, branches: list[Branch]) -> dict:
@@ -37,11 +37,17 @@ class DCGGuider(comfy.samplers.CFGGuider):
 
     def set_settings(self, settings: DCGSettings) -> None:
         self.settings = settings
+        self._schedule: DCGSchedule | None = None
         self.cfg = 1.0  # reported to hooks as cond_scale; DCG's own weights are per branch
+
+    def _schedule_for(self, steps: int) -> DCGSchedule:
+        if self._schedule is None or self._schedule.steps != steps:
+            self._schedule = self.settings.schedule(steps)
+        return self._schedule
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006 - ComfyUI's signature
         step, steps = step_index(timestep, model_options.get("transformer_options", {}).get("sample_sigmas"))
-        schedule = self.settings.schedule(steps)
+        schedule = self._schedule_for(steps)
         branches = schedule.needed_branches(step)
         positive, negative = self.conds.get("positive"), self.conds.get("negative")
         conds = [positive if branch.has_text else negative for branch in branches]

@@ -7,14 +7,18 @@ import re
 
 import folder_paths
 
+from ..file_names import check_name
+
 # Our own folders and the file types listed in their combos. `ipadapter` and `clip_vision` are
 # reused as ComfyUI and IPAdapter_plus define them.
 MODEL_FOLDERS: dict[str, set[str]] = {
     "bolid": {".safetensors"},
-    "ultralytics": {".pt"},
+    "ultralytics": {".pt", ".onnx"},  # both checked before ultralytics reads them: bolid_core/body/pose.py
     "insightface": set(),
     "ipadapter": {".safetensors", ".bin"},
     "clip_scorers": set(),  # transformers CLIP folders for the FastFace metrics
+    "aesthetic_predictors": {".safetensors", ".pth", ".pt"},  # LAION aesthetic predictors (AE)
+    "image_reward": {".safetensors", ".pth", ".pt"},  # ImageReward.pt, with bert-base-uncased's vocab.txt beside it
 }
 
 
@@ -38,6 +42,7 @@ def model_choices(*folders: str) -> list[str]:
 
 def resolve_model_choice(choice: str, folders: tuple[str, ...]) -> str:
     """Full path of a combo entry "<folder>/<file>". Only names inside the given model folders resolve."""
+    check_name(choice, "model")
     folder, _, name = choice.partition("/")
     if folder not in folders or not name:
         raise ValueError(f"'{choice}' is not a model of {', '.join(folders)}: pick one from the list.")
@@ -46,6 +51,7 @@ def resolve_model_choice(choice: str, folders: tuple[str, ...]) -> str:
 
 def resolve_model_file(folder: str, name: str) -> str:
     """Full path of `name` inside the model folder `folder`; names that leave the folder are refused."""
+    check_name(name, f"models/{folder}")
     if not name or os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
         raise ValueError(f"'{name}': model names are relative to models/{folder}; paths outside it are refused.")
     path = folder_paths.get_full_path(folder, name)
@@ -65,7 +71,7 @@ def file_fingerprint(path: str | None) -> str:
         return f"missing:{path}"
     if not os.path.isdir(path):
         stat = os.stat(path)
-        return f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
+        return f"{path}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}"
     entries = []
     for parent, _, files in sorted(os.walk(path)):
         for name in sorted(files):
@@ -107,6 +113,7 @@ def body_id_choices() -> list[str]:
 
 def body_id_path(name: str) -> str:
     """models/bolid/bodies/<name>.safetensors for a plain file name; anything path-like is refused."""
+    check_name(name, "body ID")
     stem = name[: -len(".safetensors")] if name.endswith(".safetensors") else name
     if not _SAVE_NAME.fullmatch(stem) or stem.endswith("."):
         raise ValueError(
@@ -142,6 +149,7 @@ def clip_scorer_choices() -> list[str]:
 
 
 def clip_scorer_path(name: str) -> str:
+    check_name(name, "CLIP scorer")
     root = os.path.realpath(folder_paths.get_folder_paths("clip_scorers")[0])
     path = os.path.realpath(os.path.join(root, name))
     if not name or os.path.commonpath([path, root]) != root or path == root:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import comfy.model_patcher
@@ -63,9 +64,33 @@ def _tokens(adapter: Adapter, source: Source, inputs: SourceInputs) -> tuple[tor
     return body_tokens(adapter, inputs.body.c_body)
 
 
+def check_inputs(inputs: SourceInputs) -> None:
+    """Clear errors for numbers and masks the patch could not use (a NaN percent fails deep in ComfyUI)."""
+    for what, value in (("start percent", inputs.start_percent), ("end percent", inputs.end_percent)):
+        if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"The adapter's {what} is {value}: give a number from 0 to 1.")
+    start, end = inputs.start_percent, inputs.end_percent
+    if start > end:
+        raise ValueError(f"start ({start}) is after end ({end}): swap start_at and end_at.")
+    for source, weight in inputs.weights.items():
+        if not math.isfinite(weight):
+            raise ValueError(f"The {source.value} weight is {weight}: give a finite number.")
+    if not math.isfinite(inputs.faceid_v2_shortcut):
+        raise ValueError(f"The FaceID-Plus-v2 shortcut weight is {inputs.faceid_v2_shortcut}: give a finite number.")
+    mask = inputs.mask
+    if mask is not None:
+        if mask.ndim not in (2, 3) or mask.numel() == 0:
+            raise ValueError(f"attn_mask has shape {tuple(mask.shape)}: give a MASK, (height, width) or (batch, H, W).")
+        if not bool(torch.isfinite(mask).all()):
+            raise ValueError("attn_mask has NaN or infinite values: give a mask of values from 0 to 1.")
+
+
 def applied_sources(
     model: comfy.model_patcher.ModelPatcher, adapter: Adapter, inputs: SourceInputs
 ) -> list[AppliedSource]:
+    """The sources the patch adds. A mask batch of 1 acts on every image; a larger batch must match the latent
+    batch, which is only known when sampling: the patch checks it on its first call."""
+    check_inputs(inputs)
     given = {Source.IMAGE: inputs.image, Source.FACE: inputs.face, Source.BODY: inputs.body}
     supported = adapter.spec.sources
     unusable = [s.value for s, value in given.items() if value is not None and s not in supported]

@@ -1,11 +1,14 @@
-"""The FastFace evaluation protocol: identity similarity, CLIP score, face failures, face style score.
+"""The FastFace evaluation protocol: identity similarity, CLIP score, face failures, face style score, AE, IR.
 
 - id_similarity: cosine between the ArcFace embeddings of the source face and of the generated face.
-- clip_score: 100 x cosine between CLIP image and text embeddings (the whole prompt).
+- clip_score: the raw cosine between CLIP image and text embeddings (the whole prompt), as the paper's tables
+  give it (about 0.24), not 100 x cosine.
 - face_fail_cnt: generated images in which no face is detected (detection sizes 640 down to 320).
-- face_style_score: clip_score of the generated face crop against the style part of the prompt.
-A prompt with a ';' is stylistic: the text after the last ';' is its style part. The others are realistic.
-Results are aggregated per set (realistic, stylistic) and over all images.
+- face_style_score: clip_score of the generated face crop against the style part of the prompt. FastFace prompts
+  are `style ; Person, location, action`: the style part is the text before the first ';'. As in the published
+  metric code, a prompt without ';' is scored against the whole prompt.
+- aesthetic (AE) and image_reward (IR): optional, over the whole image (see aesthetic.py, image_reward.py).
+A prompt with a ';' is stylistic; the others are realistic. Results are aggregated per set and over all images.
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ import torch.nn.functional as F
 STYLE_SEPARATOR = ";"
 
 
-def style_part(prompt: str) -> str | None:
-    """The style part of a stylistic prompt, or None for a realistic one."""
-    if STYLE_SEPARATOR not in prompt:
-        return None
-    return prompt.rsplit(STYLE_SEPARATOR, 1)[1].strip() or None
+def is_stylistic(prompt: str) -> bool:
+    return STYLE_SEPARATOR in prompt
+
+
+def style_part(prompt: str) -> str:
+    """The text before the first ';' (`style ; Person, location, action`); the whole prompt when it has none."""
+    return prompt.split(STYLE_SEPARATOR, 1)[0].strip()
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -39,10 +44,12 @@ class ImageRecord:
     id_similarity: float | None
     clip_score: float
     face_style_score: float | None
+    aesthetic: float | None = None
+    image_reward: float | None = None
 
     @property
     def stylistic(self) -> bool:
-        return style_part(self.prompt) is not None
+        return is_stylistic(self.prompt)
 
     @property
     def face_failed(self) -> bool:
@@ -67,6 +74,8 @@ def aggregate(records: list[ImageRecord]) -> dict[str, dict]:
             "id_similarity": _mean(r.id_similarity for r in group),
             "clip_score": _mean(r.clip_score for r in group),
             "face_style_score": _mean(r.face_style_score for r in group),
+            "aesthetic": _mean(r.aesthetic for r in group),
+            "image_reward": _mean(r.image_reward for r in group),
             "face_fail_cnt": sum(r.face_failed for r in group),
         }
         for name, group in sets.items()
@@ -79,33 +88,38 @@ class Scorers:
 
     face: images (N, H, W, 3) in [0, 1] -> (embeddings (N, 512), crops (N, S, S, 3)), raising on no face.
     image_features / text_features: CLIP embeddings.
+    aesthetic: CLIP image embeddings (N, D) -> AE scores (N,); optional.
+    image_reward: (images (N, H, W, 3), prompts) -> IR scores (N,); optional.
     """
 
     face: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
     image_features: Callable[[torch.Tensor], torch.Tensor]
     text_features: Callable[[list[str]], torch.Tensor]
     no_face_error: type[Exception] = ValueError
+    aesthetic: Callable[[torch.Tensor], torch.Tensor] | None = None
+    image_reward: Callable[[torch.Tensor, list[str]], torch.Tensor] | None = None
 
 
 def clip_score(image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
-    return 100.0 * cosine(image_features, text_features)
+    """The raw cosine, as the published metric code and the paper's tables report it."""
+    return cosine(image_features, text_features)
 
 
 def score_image(
     scorers: Scorers, name: str, image: torch.Tensor, prompt: str, source_embedding: torch.Tensor
 ) -> ImageRecord:
     """All metrics of one generated image (1, H, W, 3) against its source identity's embedding."""
-    overall = clip_score(scorers.image_features(image), scorers.text_features([prompt]))[0].item()
+    image_features = scorers.image_features(image)
+    overall = clip_score(image_features, scorers.text_features([prompt]))[0].item()
+    aesthetic = scorers.aesthetic(image_features)[0].item() if scorers.aesthetic is not None else None
+    reward = scorers.image_reward(image, [prompt])[0].item() if scorers.image_reward is not None else None
     try:
         embedding, crop = scorers.face(image)
     except scorers.no_face_error:
-        return ImageRecord(name, prompt, None, overall, None)
+        return ImageRecord(name, prompt, None, overall, None, aesthetic, reward)
     similarity = cosine(embedding[0], source_embedding).item()
-    style = style_part(prompt)
-    face_style = None
-    if style is not None:
-        face_style = clip_score(scorers.image_features(crop), scorers.text_features([style]))[0].item()
-    return ImageRecord(name, prompt, similarity, overall, face_style)
+    face_style = clip_score(scorers.image_features(crop), scorers.text_features([style_part(prompt)]))[0].item()
+    return ImageRecord(name, prompt, similarity, overall, face_style, aesthetic, reward)
 
 
 def records_table(records: list[ImageRecord]) -> list[dict]:

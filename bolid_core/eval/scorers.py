@@ -1,4 +1,5 @@
-"""The protocol's models, loaded from local folders only: insightface (ArcFace) and a transformers CLIP."""
+"""The protocol's models, loaded from local files only: insightface (ArcFace), a transformers CLIP, and the
+optional AE and IR scorers."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path
 import torch
 
 from ..identity.face import FaceAnalyzer, NoFaceError
+from .aesthetic import AestheticPredictor
+from .image_reward import ImageRewardScorer
 from .metrics import Scorers
 
 
@@ -43,9 +46,14 @@ def _embedding(output) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
-def make_scorers(faces: FaceAnalyzer, clip: ClipScorer) -> Scorers:
+def make_scorers(
+    faces: FaceAnalyzer,
+    clip: ClipScorer,
+    aesthetic: AestheticPredictor | None = None,
+    image_reward: ImageRewardScorer | None = None,
+) -> Scorers:
     def face(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         embeds = faces.embed(images)
         return embeds.arcface, embeds.crops
 
-    return Scorers(face, clip.image_features, clip.text_features, NoFaceError)
+    return Scorers(face, clip.image_features, clip.text_features, NoFaceError, aesthetic, image_reward)

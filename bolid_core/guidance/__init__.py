@@ -1,5 +1,5 @@
 """Guidance maths in pure torch: FastFace decoupled CFG and its schedules."""
 
-from .dcg import Branch, DCGSchedule, DCGVariant, branch_weights, combine, parse_step_values
+from .dcg import Branch, DCGSchedule, DCGVariant, EndSteps, branch_weights, combine, parse_step_values
 
-__all__ = ["Branch", "DCGSchedule", "DCGVariant", "branch_weights", "combine", "parse_step_values"]
+__all__ = ["Branch", "DCGSchedule", "DCGVariant", "EndSteps", "branch_weights", "combine", "parse_step_values"]

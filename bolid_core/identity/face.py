@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..file_names import check_name, shown
 from ..images import to_uint8_bgr
 from .embeds import FaceEmbeds
 
@@ -137,7 +138,8 @@ def load_face_analysis(
 def find_model_pack(models_root: str | Path, name: str) -> Path:
     """The folder of pack `name` holding its .onnx files; also accepts the name/name nesting of some zips."""
     if not name or name in (".", "..") or Path(name).name != name or "\\" in name:
-        raise ValueError(f"Face model pack name must be a plain folder name; got {name!r}.")
+        raise ValueError(f"Face model pack name must be a plain folder name; got {shown(name)}.")
+    check_name(name, "face model pack")
     base = Path(models_root) / "models"
     folder = base / name
     if not folder.is_dir():
@@ -177,7 +179,7 @@ def _as_provider(provider: ExecutionProvider | str) -> ExecutionProvider:
         if provider in (member.name, member.value):
             return member
     names = ", ".join(member.name for member in ExecutionProvider)
-    raise ValueError(f"Unknown execution provider {provider!r}; use one of {names}.")
+    raise ValueError(f"Unknown execution provider {shown(provider)}; use one of {names}.")
 
 
 def _check_crop_size(crop_size: int) -> None:

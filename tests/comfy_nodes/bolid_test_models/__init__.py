@@ -2,7 +2,8 @@
 
 A shipped workflow runs on these when its CheckpointLoaderSimple is swapped for
 BoLIDTestTinyCheckpoint (same outputs in the same order: MODEL, CLIP, VAE, so links stay valid), and
-its CLIPVisionLoader for BoLIDTestTinyClipVision.
+its CLIPVisionLoader for BoLIDTestTinyClipVision. BoLIDTestConditioningProbe reports what a
+CONDITIONING link carries.
 Never install this pack for real work: its models have random weights.
 """
 
@@ -80,9 +81,36 @@ class TinyConditioning(io.ComfyNode):
         return io.NodeOutput(tiny_conditioning(seed))
 
 
+class ConditioningProbe(io.ComfyNode):
+    """Reports what a CONDITIONING link carries, so a server test can see what a sampler or guider receives."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="BoLIDTestConditioningProbe",
+            display_name="Conditioning Probe (test only)",
+            category="BoLID/testing",
+            inputs=[io.Conditioning.Input("conditioning")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, conditioning: list) -> io.NodeOutput:
+        entries = []
+        for context, options in conditioning:
+            pooled = options.get("pooled_output")
+            entries.append({
+                "context_shape": list(context.shape),
+                "context_abs_max": float(context.abs().max()),
+                "pooled_shape": None if pooled is None else list(pooled.shape),
+                "pooled_abs_max": None if pooled is None else float(pooled.abs().max()),
+            })  # fmt: skip
+        return io.NodeOutput(ui={"bolid_conditioning": entries})
+
+
 class TinyModelsExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [TinyCheckpoint, TinyClipVision, TinyConditioning]
+        return [TinyCheckpoint, TinyClipVision, TinyConditioning, ConditioningProbe]
 
 
 async def comfy_entrypoint() -> TinyModelsExtension:
