@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from pathlib import Path
 
@@ -60,3 +61,20 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
         if os.path.exists(temporary):
             os.unlink(temporary)
     return path
+
+
+class PlainWeightsError(ValueError):
+    """A .pt/.pth/.bin file that is not tensors only: it would need code to load."""
+
+
+def load_plain_weights(path: str | os.PathLike) -> object:
+    """What a torch .pt/.pth/.bin file holds, read with weights_only=True, so a pickle that would run code is
+    refused. Raises PlainWeightsError naming the file."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as error:
+        raise PlainWeightsError(
+            f"{path.name} could not be read as plain weights ({type(error).__name__}): only tensor-only files "
+            "load; convert it to .safetensors."
+        ) from error

@@ -9,7 +9,7 @@ from ..bolid_core.adapter.tokens import ReferenceCombine
 from ..bolid_core.comfy.attn2 import apply_adapter
 from ..bolid_core.comfy.folders import model_choice_fingerprint, model_choices, resolve_model_choice
 from ..bolid_core.comfy.sources import SourceInputs, applied_sources
-from .checks import require_numbers, validate_numbers
+from .checks import require_finite_numbers, validate_finite_numbers
 from .types import AdapterType, BodyIDType, FaceEmbedsType
 
 ADAPTER_FOLDERS = ("bolid", "ipadapter")
@@ -82,7 +82,7 @@ class ApplyAdapter(io.ComfyNode):
         cls, image_weight: float, face_weight: float, body_weight: float, start_at: float, end_at: float,
         faceid_v2_shortcut: float,
     ) -> bool | str:  # fmt: skip
-        checked = validate_numbers(cls, locals())
+        checked = validate_finite_numbers(cls, locals())
         if checked is True and start_at is not None and end_at is not None and start_at > end_at:
             return f"start_at ({start_at}) is after end_at ({end_at}): swap them."
         return checked
@@ -97,7 +97,7 @@ class ApplyAdapter(io.ComfyNode):
             "image_weight": image_weight, "face_weight": face_weight, "body_weight": body_weight,
             "start_at": start_at, "end_at": end_at, "faceid_v2_shortcut": faceid_v2_shortcut,
         }  # fmt: skip
-        require_numbers(cls, numbers)  # values over links; the window order is checked with the sources
+        require_finite_numbers(cls, numbers)  # values over links; the window order is checked with the sources
         inputs = SourceInputs(
             clip_vision, image, face_embeds, body_id,
             {Source.IMAGE: image_weight, Source.FACE: face_weight, Source.BODY: body_weight},

@@ -21,7 +21,7 @@ from ..bolid_core.attention.manipulation import (
     step_schedule,
 )
 from ..bolid_core.comfy.attn2 import with_manipulation
-from .checks import require_numbers, validate_numbers
+from .checks import require_finite_numbers, validate_finite_numbers
 
 _PUBLISHED = "The published presets use exactly this default."
 
@@ -115,7 +115,7 @@ class FastFaceAttention(io.ComfyNode):
             _schedules(am2_scale, am2_sharpness)
         except ValueError as error:
             return str(error)
-        return validate_numbers(cls, locals())
+        return validate_finite_numbers(cls, locals())
 
     @classmethod
     def execute(
@@ -123,7 +123,7 @@ class FastFaceAttention(io.ComfyNode):
         am1_scale_down: float, am1_scale_mid: float, am1_scale_up: float, am1_power: float, am2_scale: str,
         am2_sharpness: str, am2_quantile: float, am2_adain_weight: float, am2_invert_first_token: bool,
     ) -> io.NodeOutput:  # fmt: skip
-        require_numbers(
+        require_finite_numbers(
             cls,
             {
                 "am1_scale_down": am1_scale_down, "am1_scale_mid": am1_scale_mid, "am1_scale_up": am1_scale_up,

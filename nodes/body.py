@@ -20,7 +20,7 @@ from ..bolid_core.comfy.folders import (
     resolve_model_file,
 )
 from ..bolid_core.comfy.progress import progress_callbacks
-from .checks import require_numbers, validate_numbers
+from .checks import require_finite_numbers, validate_finite_numbers
 from .types import BodyEncoderType, BodyIDType, PoseModelType
 
 log = logging.getLogger("bolid")
@@ -104,14 +104,14 @@ class BodyIDFromImages(io.ComfyNode):
         cls, sigma: float | None = None, alpha: float | None = None, detection_confidence: float | None = None,
         keypoint_confidence: float | None = None,
     ) -> bool | str:  # fmt: skip
-        return validate_numbers(cls, locals())
+        return validate_finite_numbers(cls, locals())
 
     @classmethod
     def execute(
         cls, pose_model, body_encoder: BodyEncoder, images, sigma: float, alpha: float,
         detection_confidence: float, keypoint_confidence: float,
     ) -> io.NodeOutput:  # fmt: skip
-        require_numbers(cls, {
+        require_finite_numbers(cls, {
             "sigma": sigma, "alpha": alpha, "detection_confidence": detection_confidence,
             "keypoint_confidence": keypoint_confidence,
         })  # fmt: skip
@@ -207,9 +207,9 @@ class BlendBodyIDs(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, weight_b: float | None = None) -> bool | str:
-        return validate_numbers(cls, locals())
+        return validate_finite_numbers(cls, locals())
 
     @classmethod
     def execute(cls, body_a: BodyID, body_b: BodyID, weight_b: float) -> io.NodeOutput:
-        require_numbers(cls, {"weight_b": weight_b})
+        require_finite_numbers(cls, {"weight_b": weight_b})
         return io.NodeOutput(blend_body_ids([body_a, body_b], [1.0 - weight_b, weight_b]))

@@ -38,12 +38,12 @@ def number_problem(node: type[io.ComfyNode], values: dict) -> str | None:
     return None
 
 
-def validate_numbers(node: type[io.ComfyNode], values: dict) -> bool | str:
+def validate_finite_numbers(node: type[io.ComfyNode], values: dict) -> bool | str:
     """For validate_inputs: True, or the message ComfyUI shows on the node."""
     return number_problem(node, values) or True
 
 
-def require_numbers(node: type[io.ComfyNode], values: dict) -> None:
+def require_finite_numbers(node: type[io.ComfyNode], values: dict) -> None:
     """For execute: a ValueError naming the input, for values that came over a link."""
     problem = number_problem(node, values)
     if problem is not None:

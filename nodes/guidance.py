@@ -7,7 +7,7 @@ from comfy_api.latest import io
 from ..bolid_core.comfy.dcg_guider import DCGGuider as DCGGuiderImpl
 from ..bolid_core.comfy.dcg_guider import DCGSettings
 from ..bolid_core.guidance import DCGVariant, EndSteps, parse_step_values
-from .checks import require_numbers, validate_numbers
+from .checks import require_finite_numbers, validate_finite_numbers
 
 STEP_VALUES_TIP = "One number for every step, or one per step separated by commas."
 _CODE_TYPE = {DCGVariant.ID_THEN_TEXT: 3, DCGVariant.TEXT_THEN_ID: 1, DCGVariant.SEPARATE: 2}
@@ -94,14 +94,14 @@ class DecoupledCFGGuider(io.ComfyNode):
                 parse_step_values(text)
             except ValueError as error:
                 return str(error)
-        return validate_numbers(cls, locals())
+        return validate_finite_numbers(cls, locals())
 
     @classmethod
     def execute(
         cls, model, positive, negative, variant: str, alpha: str, beta: str, rescale_phi: float,
         end_steps: str = EndSteps.PUBLISHED.value,
     ) -> io.NodeOutput:  # fmt: skip
-        require_numbers(cls, {"rescale_phi": rescale_phi})
+        require_finite_numbers(cls, {"rescale_phi": rescale_phi})
         settings = DCGSettings(
             _option(DCGVariant, variant, "variant"), parse_step_values(alpha), parse_step_values(beta), rescale_phi,
             _option(EndSteps, end_steps, "end_steps"),

@@ -8,7 +8,7 @@ import logging
 from comfy_api.latest import io
 
 from ..bolid_core.body import PoseKeypoints, parse_keypoints_json, weight_views
-from .checks import require_numbers, validate_numbers
+from .checks import require_finite_numbers, validate_finite_numbers
 from .types import Keypoints
 
 log = logging.getLogger("bolid")
@@ -83,11 +83,11 @@ class KeypointWeighting(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, sigma: float | None = None, alpha: float | None = None) -> bool | str:
-        return validate_numbers(cls, locals())
+        return validate_finite_numbers(cls, locals())
 
     @classmethod
     def execute(cls, images, keypoints: PoseKeypoints, sigma: float, alpha: float) -> io.NodeOutput:
-        require_numbers(cls, {"sigma": sigma, "alpha": alpha})
+        require_finite_numbers(cls, {"sigma": sigma, "alpha": alpha})
         sigma_px = sigma * min(images.shape[1], images.shape[2])
         result = weight_views(images, keypoints, sigma_px=sigma_px, alpha=alpha)
         for view in result.views_without_keypoints:

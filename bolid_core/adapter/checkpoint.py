@@ -9,7 +9,6 @@ from __future__ import annotations
 import enum
 import json
 import os
-import pickle
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from ..files import save_safetensors_atomic
+from ..files import PlainWeightsError, load_plain_weights, save_safetensors_atomic
 from .projections import FaceIDPlusProjection, MLPTokenProjection, PerceiverResampler, TokenProjection
 
 BOLID_FORMAT = "bolid-adapter"
@@ -142,13 +141,9 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
             return {key: file.get_tensor(key) for key in file.keys()}, dict(file.metadata() or {})
     if path.suffix in (".bin", ".pt", ".pth", ".ckpt"):
         try:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as error:
-            raise AdapterFormatError(
-                f"{path.name} could not be read as plain weights ({type(error).__name__}). Only tensor-only "
-                "files load; convert it to .safetensors."
-            ) from error
-        return _flatten(loaded), {}
+            return _flatten(load_plain_weights(path)), {}
+        except PlainWeightsError as error:
+            raise AdapterFormatError(str(error)) from error
     raise AdapterFormatError(f"{path.name}: unknown file type; adapters are .safetensors or .bin files.")
 
 

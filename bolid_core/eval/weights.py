@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+
+from ..files import PlainWeightsError, load_plain_weights
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")
 
@@ -32,12 +33,9 @@ def read_weights(path: Path, what: str) -> dict[str, torch.Tensor]:
     if path.suffix not in WEIGHT_SUFFIXES:
         raise EvalModelError(f"{path.name}: {what} weights are {', '.join(WEIGHT_SUFFIXES)} files.")
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as error:
-        raise EvalModelError(
-            f"{path.name} could not be read as plain weights ({type(error).__name__}): only tensor-only state dicts "
-            "load; convert it to .safetensors."
-        ) from error
+        loaded = load_plain_weights(path)
+    except PlainWeightsError as error:
+        raise EvalModelError(str(error)) from error
     if not isinstance(loaded, dict) or not all(isinstance(value, torch.Tensor) for value in loaded.values()):
         raise EvalModelError(f"{path.name} is not a state dict of tensors: it is not {what} weights.")
     return dict(loaded)
