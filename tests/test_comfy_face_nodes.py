@@ -55,8 +55,9 @@ def test_face_embeddings_drive_a_faceid_adapter(comfy_nodes: dict, face_folders:
     assert "buffalo_l" in info.inputs[0].options
     (analyzer,) = comfy_nodes["BoLIDInsightFaceLoader"].execute("buffalo_l", "CPU").result
     images = faces(face_image(640, 640, [(320, 320, 40)]), face_image(640, 640, [(288, 352, 36)]))
-    (embeds,) = comfy_nodes["BoLIDFaceEmbed"].execute(analyzer, images, 256).result
+    embeds, preview = comfy_nodes["BoLIDFaceEmbed"].execute(analyzer, images, 256).result
     assert embeds.arcface.shape == (2, 512) and embeds.crops.shape == (2, 256, 256, 3)
+    assert preview.shape == (2, 512, 512, 3)
     torch.testing.assert_close(embeds.arcface.norm(dim=-1), torch.ones(2))
 
     (adapter,) = comfy_nodes["BoLIDAdapterLoader"].execute("ipadapter/ip-adapter-faceid_sdxl.safetensors").result
@@ -65,6 +66,46 @@ def test_face_embeddings_drive_a_faceid_adapter(comfy_nodes: dict, face_folders:
         sample(apply(comfy_nodes, tiny_model, adapter, embeds, 0.0)), baseline, rtol=0, atol=1e-5
     )
     assert (sample(apply(comfy_nodes, tiny_model, adapter, embeds, 1.0)) - baseline).abs().max() > 1e-3
+
+
+def test_face_embed_node_picks_a_face_of_a_group(comfy_nodes: dict, face_folders: Path) -> None:
+    from comfy_api.latest import io
+
+    node = comfy_nodes["BoLIDFaceEmbed"]
+    schema = node.GET_SCHEMA()
+    face, face_index = schema.inputs[3], schema.inputs[4]
+    assert (face.id, face.options, face.default, face.optional) == (
+        "face",
+        ["largest", "index_left_to_right"],
+        "largest",
+        True,
+    )
+    assert (face_index.id, face_index.default, face_index.min, face_index.max) == ("face_index", 0, 0, 63)
+    # face_embeds keeps output 0 for saved workflows; the preview comes last.
+    assert [type(output) for output in schema.outputs][1:] == [io.Image.Output]
+    assert schema.outputs[0].display_name == "face_embeds" and len(schema.outputs) == 2
+
+    (analyzer,) = comfy_nodes["BoLIDInsightFaceLoader"].execute("buffalo_l", "CPU").result
+    # Two grey-level faces, the smaller and darker on the right. Aligned crops of plain squares differ only in
+    # brightness, so the crop's centre says which face was embedded: 255 on the left, 220 on the right.
+    group = np.maximum(
+        face_image(640, 640, [(160, 320, 44)], value=255), face_image(640, 640, [(480, 320, 40)], value=220)
+    )
+    images = faces(group)
+    largest, _ = node.execute(analyzer, images, 256).result
+    by_default, _ = node.execute(analyzer, images, 256, face="largest", face_index=1).result
+    left, left_preview = node.execute(analyzer, images, 256, face="index_left_to_right", face_index=0).result
+    right, right_preview = node.execute(analyzer, images, 256, face="index_left_to_right", face_index=1).result
+    assert left.crops[0, 128, 128].tolist() == pytest.approx([1.0] * 3, abs=0.01)
+    assert right.crops[0, 128, 128].tolist() == pytest.approx([220 / 255] * 3, abs=0.01)
+    torch.testing.assert_close(largest.arcface, left.arcface)
+    torch.testing.assert_close(by_default.arcface, left.arcface)
+    assert (left.arcface - right.arcface).abs().amax() > 0.01
+    assert (left_preview - right_preview).abs().amax() > 0.5, "the preview shows which face was chosen"
+    with pytest.raises(ValueError, match="image 0 has 2 faces"):
+        node.execute(analyzer, images, 256, face="index_left_to_right", face_index=2)
+    with pytest.raises(ValueError, match="Unknown face choice 'smallest'"):
+        node.execute(analyzer, images, 256, face="smallest")
 
 
 def test_no_face_is_a_clear_node_error(comfy_nodes: dict, face_folders: Path) -> None:

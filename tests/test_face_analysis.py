@@ -26,10 +26,14 @@ from bolid_core.identity import FaceEmbeds
 from bolid_core.identity.face import (
     DET_SIZES,
     ExecutionProvider,
+    FaceChoice,
     FaceModelError,
+    ImageFaces,
     NoFaceError,
+    left_to_right,
     load_face_analysis,
 )
+from bolid_core.identity.face_preview import CHOSEN_BOX_COLOUR, FACE_BOX_COLOUR, draw_face_preview
 
 # insightface's alignment calls a scikit-image method that is deprecated but works.
 pytestmark = pytest.mark.filterwarnings("ignore:`estimate` is deprecated:FutureWarning")
@@ -325,3 +329,111 @@ def test_hostile_pack_names_are_clear_errors(models_root: Path, name: str, messa
     with pytest.raises(ValueError, match=message) as error:
         load_face_analysis(models_root, name)
     assert len(str(error.value)) < 400, "the message must not repeat a 10,000-character name"
+
+
+# --- picking one face of a group photo -------------------------------------------------------------------------
+
+# (centre x, centre y, side, colour) on 640 × 640: centres on stride-32 anchors, so the detector finds each at 640.
+# Left to right: medium (x 128), largest (x 320), small (x 512); the detector orders them otherwise. The colours
+# differ so that each face has its own embedding (a plain square aligns to the same crop whatever its size).
+GROUP = [(320, 160, 48, (255, 255, 255)), (512, 320, 36, (205, 235, 255)), (128, 448, 40, (255, 235, 205))]
+LEFT_TO_RIGHT = sorted(GROUP)
+
+
+def group_photo() -> np.ndarray:
+    return np.max([face_image(640, 640, [(x, y, side)], value=colour) for x, y, side, colour in GROUP], axis=0)
+
+
+def reference_box(image_rgb: np.ndarray, x: int, y: int) -> list[float]:
+    """The synthetic detector's box at scale 1: the centre ± half the side measured as sqrt(brightness sum)."""
+    window = image_rgb[max(y - 48, 0) : y + 48, max(x - 48, 0) : x + 48].astype(np.float64) / 255
+    half = np.sqrt(window.mean(axis=2).sum()) / 2
+    return [x - half, y - half, x + half, y + half]
+
+
+def test_detection_finds_every_face_of_the_group(analyzer) -> None:
+    bgr = np.ascontiguousarray(group_photo()[..., ::-1])
+    boxes, landmarks = analyzer.detect_faces(bgr)
+    assert boxes.shape == (3, 5) and landmarks.shape == (3, 5, 2)
+    expected_boxes = [reference_box(group_photo(), x, y) for x, y, _, _ in LEFT_TO_RIGHT]
+    np.testing.assert_allclose(boxes[np.argsort(boxes[:, 0]), :4], expected_boxes, atol=0.01)
+    assert boxes[:, 0].tolist() != sorted(boxes[:, 0].tolist()), "the detector's own order is not left to right"
+
+
+def test_largest_is_still_the_default_in_a_group(analyzer) -> None:
+    image = group_photo()
+    for embeds in (analyzer.embed(as_image_tensor(image)), analyzer.embed(as_image_tensor(image), choice="largest")):
+        assert_face(embeds, 0, expected(image, 640, (320, 160)))
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_by_index_picks_the_ith_face_from_the_left(analyzer, index: int) -> None:
+    image = group_photo()
+    x, y, _, _ = LEFT_TO_RIGHT[index]
+    embeds, found = analyzer.embed_and_locate(as_image_tensor(image), choice=FaceChoice.BY_INDEX, face_index=index)
+    assert_face(embeds, 0, expected(image, 640, (x, y)))
+    # The other faces' embeddings are far outside assert_face's tolerance (2e-3): the check tells faces apart.
+    for other_x, other_y, _, _ in LEFT_TO_RIGHT:
+        if (other_x, other_y) != (x, y):
+            assert np.abs(embeds.arcface[0].numpy() - expected(image, 640, (other_x, other_y))[0]).max() > 0.02
+    assert found[0].chosen == index
+    np.testing.assert_allclose(found[0].boxes[:, 0] + found[0].boxes[:, 2], [2 * x for x, _, _, _ in LEFT_TO_RIGHT])
+
+
+def test_by_index_orders_equal_centres_top_to_bottom() -> None:
+    boxes = np.array([[300, 400, 340, 440], [500, 0, 540, 40], [300, 100, 340, 140], [0, 500, 60, 560]], float)
+    np.testing.assert_array_equal(left_to_right(boxes), [3, 2, 0, 1])
+
+
+def test_index_past_the_faces_names_the_image_and_its_count(analyzer) -> None:
+    images = as_image_tensor(group_photo(), face_image(640, 640, [(320, 320, 40)]))
+    analyzer.embed(images, choice=FaceChoice.BY_INDEX, face_index=0)
+    with pytest.raises(ValueError, match=r"Face index 1 is past the faces found: image 1 has 1 face \(") as error:
+        analyzer.embed(images, choice=FaceChoice.BY_INDEX, face_index=1)
+    assert "largest" in str(error.value)
+    with pytest.raises(ValueError, match="image 0 has 3 faces"):
+        analyzer.embed(images, choice=FaceChoice.BY_INDEX, face_index=3)
+    with pytest.raises(ValueError, match="whole number from 0"):
+        analyzer.embed(images, choice=FaceChoice.BY_INDEX, face_index=-1)
+    with pytest.raises(ValueError, match="Unknown face choice 'smallest'"):
+        analyzer.embed(images, choice="smallest")
+
+
+def test_by_index_uses_the_first_size_that_finds_faces(analyzer, detector_runs) -> None:
+    image = face_image(640, 640, [(320, 320, 80)])  # found at 384 only, as in the largest-face test
+    embeds = analyzer.embed(as_image_tensor(image), choice=FaceChoice.BY_INDEX, face_index=0)
+    assert detections(detector_runs) == [640, 576, 512, 448, 384]
+    assert_face(embeds, 0, expected(image, 384, (192, 192)))
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_preview_boxes_every_face_and_highlights_the_chosen_one(analyzer, index: int) -> None:
+    image = group_photo()
+    _, found = analyzer.embed_and_locate(as_image_tensor(image), choice=FaceChoice.BY_INDEX, face_index=index)
+    preview = draw_face_preview(as_image_tensor(image), found)
+    assert preview.shape == (1, 512, 512, 3) and preview.dtype == torch.float32
+    pixels = (preview[0].numpy() * 255).round().astype(int)
+    scale = 512 / 640
+    for number, (x, y, _, _) in enumerate(LEFT_TO_RIGHT):
+        x0, y0, x1, y1 = (round(v * scale) for v in reference_box(image, x, y))
+        colour = CHOSEN_BOX_COLOUR if number == index else FACE_BOX_COLOUR
+        for corner in ((y0, x0), (y0, x1), (y1, x0), (y1, x1)):
+            np.testing.assert_array_equal(pixels[corner], colour)
+        # The chosen box is thicker: one pixel inside its corner is still box, not face.
+        inside = pixels[y0 + 1, x0 + 1]
+        assert (tuple(inside) == CHOSEN_BOX_COLOUR) == (number == index)
+    assert CHOSEN_BOX_COLOUR != FACE_BOX_COLOUR
+    assert pixels[5, 5].tolist() == [0, 0, 0], "the photo itself stays visible and unchanged away from the boxes"
+
+
+def test_preview_keeps_the_aspect_at_most_512_and_small_images_as_they_are(analyzer) -> None:
+    # 600 × 800: the detector sees it at 0.8, so a face centred on (400, 280) sits on anchor (320, 224).
+    wide = as_image_tensor(face_image(600, 800, [(400, 280, 45)]))
+    _, found = analyzer.embed_and_locate(wide)
+    np.testing.assert_allclose(found[0].boxes, [[377.5, 257.5, 422.5, 302.5]], atol=0.05)
+    assert draw_face_preview(wide, found).shape == (1, 384, 512, 3)
+    small = torch.zeros((2, 100, 60, 1))
+    empty = ImageFaces(boxes=np.zeros((0, 4)), chosen=0)
+    assert draw_face_preview(small, [empty, empty]).shape == (2, 100, 60, 3)
+    with pytest.raises(ValueError, match="2 images, 1 found"):
+        draw_face_preview(small, [empty])

@@ -1,4 +1,5 @@
-"""Face embeddings with insightface: the largest face of each image → ArcFace embedding and aligned crop.
+"""Face embeddings with insightface: one face of each image (the largest, or the i-th from the left) → ArcFace
+embedding and aligned crop.
 
 Model packs live in `<models_root>/models/<name>/` (ComfyUI: models/insightface/models/buffalo_l). Nothing is
 ever downloaded: a missing pack is an error that says where to put it. insightface, onnxruntime and OpenCV are
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,21 @@ class ExecutionProvider(enum.Enum):
     CoreML = "CoreMLExecutionProvider"
 
 
+class FaceChoice(enum.Enum):
+    """Which face of an image to embed when it shows several."""
+
+    LARGEST = "largest"
+    BY_INDEX = "index_left_to_right"
+
+
+@dataclass(frozen=True)
+class ImageFaces:
+    """The faces found in one image, ordered left to right (box centre x, ties by y), and the one chosen."""
+
+    boxes: np.ndarray  # (F, 4) x0, y0, x1, y1 in image pixels
+    chosen: int  # position of the embedded face in `boxes`
+
+
 class FaceModelError(RuntimeError):
     """A face model pack or execution provider that cannot be used; the message says what to do."""
 
@@ -47,7 +64,7 @@ class NoFaceError(ValueError):
 
 
 class FaceAnalyzer:
-    """A loaded insightface pack (detector + ArcFace recogniser) that embeds the largest face of each image."""
+    """A loaded insightface pack (detector + ArcFace recogniser) that embeds one chosen face of each image."""
 
     def __init__(self, analysis: Any, pack_dir: Path, det_sizes: Sequence[int] = DET_SIZES) -> None:
         self.analysis = analysis
@@ -56,17 +73,37 @@ class FaceAnalyzer:
         # A detector with a fixed input size runs at that size only.
         self.detection_sizes: tuple[tuple[int, int], ...] = (fixed,) if fixed else tuple((s, s) for s in det_sizes)
 
-    def find_face(self, image_bgr: np.ndarray) -> Any | None:
-        """The largest face (an insightface Face with bbox, kps, det_score) at the first size that finds one."""
-        from insightface.app.common import Face
-
+    def detect_faces(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes (F, 5: x0, y0, x1, y1, score) and landmarks (F, 5, 2) in the detector's order, at the first
+        detection size that finds any face; empty arrays when none does."""
         for size in self.detection_sizes:
             boxes, landmarks = self.analysis.det_model.detect(image_bgr, input_size=size, max_num=0)
             if len(boxes):
-                areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-                k = int(np.argmax(areas))
-                return Face(bbox=boxes[k, :4], kps=landmarks[k], det_score=boxes[k, 4])
-        return None
+                return boxes, landmarks
+        return np.zeros((0, 5), dtype=np.float32), np.zeros((0, 5, 2), dtype=np.float32)
+
+    def find_face(self, image_bgr: np.ndarray) -> Any | None:
+        """The largest face (an insightface Face with bbox, kps, det_score) at the first size that finds one."""
+        boxes, landmarks = self.detect_faces(image_bgr)
+        return _as_face(boxes, landmarks, _largest(boxes)) if len(boxes) else None
+
+    def _pick_face(self, image_bgr: np.ndarray, image_index: int, choice: FaceChoice, face_index: int):
+        boxes, landmarks = self.detect_faces(image_bgr)
+        if not len(boxes):
+            raise NoFaceError(self._no_face_message(image_index))
+        order = left_to_right(boxes)
+        if choice is FaceChoice.LARGEST:
+            picked = _largest(boxes)
+        elif face_index < len(boxes):
+            picked = int(order[face_index])
+        else:
+            count = f"{len(boxes)} face" + ("s" if len(boxes) != 1 else "")
+            raise ValueError(
+                f"Face index {face_index} is past the faces found: image {image_index} has {count} "
+                f"(indices 0 to {len(boxes) - 1}, left to right). Lower the face index, or choose the largest face."
+            )
+        found = ImageFaces(boxes=boxes[order, :4].copy(), chosen=int(np.flatnonzero(order == picked)[0]))
+        return _as_face(boxes, landmarks, picked), found
 
     def embed(
         self,
@@ -74,30 +111,48 @@ class FaceAnalyzer:
         crop_size: int = DEFAULT_CROP_SIZE,
         progress: Callable[[int, int], None] | None = None,
         check_interrupt: Callable[[], None] | None = None,
+        choice: FaceChoice = FaceChoice.LARGEST,
+        face_index: int = 0,
     ) -> FaceEmbeds:
         """images: (N, H, W, C) floats in [0, 1], C = 3 (RGB), 1 (grey) or 4 (RGBA, alpha dropped).
 
-        Returns the L2-normalised ArcFace embedding (N, 512) of each image's largest face and its aligned crop
-        (N, crop_size, crop_size, 3) in [0, 1]. `check_interrupt()` runs before and `progress(i, N)` after image i.
+        Returns the L2-normalised ArcFace embedding (N, 512) of each image's chosen face (the largest, or with
+        BY_INDEX the `face_index`-th from the left) and its aligned crop (N, crop_size, crop_size, 3) in [0, 1].
+        `check_interrupt()` runs before and `progress(i, N)` after image i.
         """
+        return self.embed_and_locate(images, crop_size, progress, check_interrupt, choice, face_index)[0]
+
+    def embed_and_locate(
+        self,
+        images: torch.Tensor,
+        crop_size: int = DEFAULT_CROP_SIZE,
+        progress: Callable[[int, int], None] | None = None,
+        check_interrupt: Callable[[], None] | None = None,
+        choice: FaceChoice = FaceChoice.LARGEST,
+        face_index: int = 0,
+    ) -> tuple[FaceEmbeds, list[ImageFaces]]:
+        """As `embed`, and with it every image's detected faces and which one was embedded (for previews)."""
         from insightface.utils import face_align
 
         _check_crop_size(crop_size)
+        choice = _as_choice(choice)
+        if isinstance(face_index, bool) or not isinstance(face_index, (int, np.integer)) or face_index < 0:
+            raise ValueError(f"Face index must be a whole number from 0 (the leftmost face); got {face_index!r}.")
         batch = to_uint8_bgr(images)
         recognizer = self.analysis.models["recognition"]
-        embeddings, crops = [], []
+        embeddings, crops, located = [], [], []
         for index, image in enumerate(batch):
             if check_interrupt is not None:
                 check_interrupt()
-            face = self.find_face(image)
-            if face is None:
-                raise NoFaceError(self._no_face_message(index))
+            face, found = self._pick_face(image, index, choice, int(face_index))
             embeddings.append(np.asarray(recognizer.get(image, face), dtype=np.float32).reshape(-1))
             crops.append(face_align.norm_crop(image, landmark=face.kps, image_size=crop_size)[..., ::-1].copy())
+            located.append(found)
             if progress is not None:
                 progress(index + 1, len(batch))
         arcface = F.normalize(torch.from_numpy(np.stack(embeddings)), dim=-1)
-        return FaceEmbeds(arcface=arcface, crops=torch.from_numpy(np.stack(crops)).float() / 255.0)
+        embeds = FaceEmbeds(arcface=arcface, crops=torch.from_numpy(np.stack(crops)).float() / 255.0)
+        return embeds, located
 
     def _no_face_message(self, index: int) -> str:
         tried = ", ".join(f"{w}x{h}" for w, h in self.detection_sizes)
@@ -180,6 +235,33 @@ def _as_provider(provider: ExecutionProvider | str) -> ExecutionProvider:
             return member
     names = ", ".join(member.name for member in ExecutionProvider)
     raise ValueError(f"Unknown execution provider {shown(provider)}; use one of {names}.")
+
+
+def left_to_right(boxes: np.ndarray) -> np.ndarray:
+    """Indices that order boxes (F, ≥4) by their centre x, ties by centre y."""
+    centre_x, centre_y = boxes[:, 0] + boxes[:, 2], boxes[:, 1] + boxes[:, 3]
+    return np.lexsort((centre_y, centre_x))
+
+
+def _largest(boxes: np.ndarray) -> int:
+    # The first of equal areas in the detector's order, as the pack has always picked.
+    return int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))
+
+
+def _as_face(boxes: np.ndarray, landmarks: np.ndarray, k: int) -> Any:
+    from insightface.app.common import Face
+
+    return Face(bbox=boxes[k, :4], kps=landmarks[k], det_score=boxes[k, 4])
+
+
+def _as_choice(choice: FaceChoice | str) -> FaceChoice:
+    if isinstance(choice, FaceChoice):
+        return choice
+    for member in FaceChoice:
+        if choice in (member.name, member.value):
+            return member
+    names = ", ".join(member.value for member in FaceChoice)
+    raise ValueError(f"Unknown face choice {shown(choice)}; use one of {names}.")
 
 
 def _check_crop_size(crop_size: int) -> None:
