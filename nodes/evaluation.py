@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 from comfy_api.latest import io
 
@@ -16,7 +15,7 @@ from ..bolid_core.comfy.folders import (
     resolve_model_file,
 )
 from ..bolid_core.eval.aesthetic import AestheticPredictor
-from ..bolid_core.eval.image_reward import VOCAB_FILE, ImageRewardScorer
+from ..bolid_core.eval.image_reward import ImageRewardScorer, vocab_path
 from ..bolid_core.eval.metrics import aggregate, score_image
 from ..bolid_core.eval.scorers import ClipScorer, make_scorers
 from ..bolid_core.identity.face import FaceAnalyzer
@@ -87,8 +86,7 @@ class FastFaceMetrics(io.ComfyNode):
         if reward != NO_MODEL:
             parts.append(model_file_fingerprint(IMAGE_REWARD_FOLDER, reward))
             try:
-                vocab = os.path.join(os.path.dirname(resolve_model_file(IMAGE_REWARD_FOLDER, reward)), VOCAB_FILE)
-                parts.append(file_fingerprint(vocab))
+                parts.append(file_fingerprint(str(vocab_path(resolve_model_file(IMAGE_REWARD_FOLDER, reward)))))
             except (ValueError, FileNotFoundError):
                 pass  # the checkpoint's own fingerprint already says missing
         return "|".join(parts)

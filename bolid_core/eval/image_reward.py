@@ -32,6 +32,11 @@ IMAGE_REWARD_FILE = "ImageReward.pt (THUDM/ImageReward) with bert-base-uncased's
 VOCAB_FILE = "vocab.txt"
 
 
+def vocab_path(checkpoint: str | Path) -> Path:
+    """Where the tokenizer's vocab.txt must be: beside the ImageReward checkpoint."""
+    return Path(checkpoint).parent / VOCAB_FILE
+
+
 @dataclass(frozen=True)
 class ImageRewardConfig:
     """The published model: BLIP ViT-L/16 at 224 px and BERT-base with cross-attention (its med_config)."""
@@ -194,7 +199,7 @@ class ImageRewardScorer:
         from transformers import BertTokenizer
 
         path = require_file(path, "ImageReward checkpoint", IMAGE_REWARD_FILE)
-        vocab = require_file(path.parent / VOCAB_FILE, "ImageReward's tokenizer", "bert-base-uncased's vocab.txt")
+        vocab = require_file(vocab_path(path), "ImageReward's tokenizer", "bert-base-uncased's vocab.txt")
         self.tokenizer = BertTokenizer(str(vocab), do_lower_case=True)
         # BLIP's tokenizer adds these two; a prompt that contains them is tokenised as the published code does.
         self.tokenizer.add_special_tokens({"bos_token": "[DEC]"})

@@ -82,11 +82,6 @@ class FaceAnalyzer:
                 return boxes, landmarks
         return np.zeros((0, 5), dtype=np.float32), np.zeros((0, 5, 2), dtype=np.float32)
 
-    def find_face(self, image_bgr: np.ndarray) -> Any | None:
-        """The largest face (an insightface Face with bbox, kps, det_score) at the first size that finds one."""
-        boxes, landmarks = self.detect_faces(image_bgr)
-        return _as_face(boxes, landmarks, _largest(boxes)) if len(boxes) else None
-
     def _pick_face(self, image_bgr: np.ndarray, image_index: int, choice: FaceChoice, face_index: int):
         boxes, landmarks = self.detect_faces(image_bgr)
         if not len(boxes):
@@ -105,22 +100,9 @@ class FaceAnalyzer:
         found = ImageFaces(boxes=boxes[order, :4].copy(), chosen=int(np.flatnonzero(order == picked)[0]))
         return _as_face(boxes, landmarks, picked), found
 
-    def embed(
-        self,
-        images: torch.Tensor,
-        crop_size: int = DEFAULT_CROP_SIZE,
-        progress: Callable[[int, int], None] | None = None,
-        check_interrupt: Callable[[], None] | None = None,
-        choice: FaceChoice = FaceChoice.LARGEST,
-        face_index: int = 0,
-    ) -> FaceEmbeds:
-        """images: (N, H, W, C) floats in [0, 1], C = 3 (RGB), 1 (grey) or 4 (RGBA, alpha dropped).
-
-        Returns the L2-normalised ArcFace embedding (N, 512) of each image's chosen face (the largest, or with
-        BY_INDEX the `face_index`-th from the left) and its aligned crop (N, crop_size, crop_size, 3) in [0, 1].
-        `check_interrupt()` runs before and `progress(i, N)` after image i.
-        """
-        return self.embed_and_locate(images, crop_size, progress, check_interrupt, choice, face_index)[0]
+    def embed(self, images: torch.Tensor, crop_size: int = DEFAULT_CROP_SIZE, **options) -> FaceEmbeds:
+        """The embeddings of `embed_and_locate`, without the detected boxes."""
+        return self.embed_and_locate(images, crop_size, **options)[0]
 
     def embed_and_locate(
         self,
@@ -131,7 +113,13 @@ class FaceAnalyzer:
         choice: FaceChoice = FaceChoice.LARGEST,
         face_index: int = 0,
     ) -> tuple[FaceEmbeds, list[ImageFaces]]:
-        """As `embed`, and with it every image's detected faces and which one was embedded (for previews)."""
+        """images: (N, H, W, C) floats in [0, 1], C = 3 (RGB), 1 (grey) or 4 (RGBA, alpha dropped).
+
+        Returns the L2-normalised ArcFace embedding (N, 512) of each image's chosen face (the largest, or with
+        BY_INDEX the `face_index`-th from the left) and its aligned crop (N, crop_size, crop_size, 3) in [0, 1],
+        and each image's detected faces with the one embedded (for previews). `check_interrupt()` runs before and
+        `progress(i, N)` after image i.
+        """
         from insightface.utils import face_align
 
         _check_crop_size(crop_size)
