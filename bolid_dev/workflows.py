@@ -18,7 +18,10 @@ TINY_LOADER = "BoLIDTestTinyCheckpoint"
 # Other loaders of downloaded models and their tiny stand-ins; same outputs in the same order.
 TINY_STAND_INS = {BASE_MODEL_LOADER: TINY_LOADER, "CLIPVisionLoader": "BoLIDTestTinyClipVision"}
 # Random-weight detectors score near zero: the thresholds they can meet, so the graph runs on through.
-RANDOM_MODEL_SETTINGS = {"BoLIDBodyIDFromImages": {"detection_confidence": 1e-4, "keypoint_confidence": 0.3}}
+RANDOM_MODEL_SETTINGS = {
+    "BoLIDBodyIDFromImages": {"detection_confidence": 1e-4, "keypoint_confidence": 0.3},
+    "BoLIDPersonRegions": {"confidence": 1e-4},
+}
 _SDXL_ADM_WIDTH = 2816  # SDXL's label_emb input: pooled CLIP-G (1280) + 6 size/crop embeddings
 
 
@@ -40,6 +43,17 @@ def with_tiny_models(workflow: dict, seed: int = 0) -> dict:
             node["inputs"] = {"seed": seed}
         node["inputs"].update(RANDOM_MODEL_SETTINGS.get(node["class_type"], {}))
     return swapped
+
+
+def upstream(workflow: dict, node_id: str) -> dict:
+    """The node and everything it reads from (a copy), so a prompt runs just that part of the graph."""
+    picked, pending = {}, [node_id]
+    while pending:
+        current = pending.pop()
+        if current not in picked:
+            picked[current] = workflow[current]
+            pending += [value[0] for value in workflow[current]["inputs"].values() if isinstance(value, list)]
+    return copy.deepcopy(picked)
 
 
 def with_checkpoint(workflow: dict, checkpoint_name: str) -> dict:

@@ -16,7 +16,10 @@ from .body import (
 from .evaluation import FastFaceMetrics
 from .face import FaceEmbed, InsightFaceLoader
 from .guidance import DecoupledCFGGuider
+from .identity import FacesOfOnePerson, IdentityMix
 from .keypoints import KeypointsFromJSON, KeypointWeighting
+from .regions import AddRegion, RegionsPreview
+from .segmentation import PersonRegions, SegmentationModelLoader
 
 
 class BoLIDExtension(ComfyExtension):
@@ -24,5 +27,6 @@ class BoLIDExtension(ComfyExtension):
         return [
             KeypointsFromJSON, KeypointWeighting, AdapterLoader, ApplyAdapter, InsightFaceLoader, FaceEmbed,
             PoseModelLoader, BodyEncoderLoader, BodyIDFromImages, SaveBodyID, LoadBodyID, RandomBodyID, BlendBodyIDs,
-            DecoupledCFGGuider, FastFaceAttention, FastFaceMetrics,
+            DecoupledCFGGuider, FastFaceAttention, FastFaceMetrics, IdentityMix, FacesOfOnePerson,
+            SegmentationModelLoader, PersonRegions, AddRegion, RegionsPreview,
         ]  # fmt: skip

@@ -9,8 +9,9 @@ from ..bolid_core.adapter.tokens import ReferenceCombine
 from ..bolid_core.comfy.attn2 import apply_adapter
 from ..bolid_core.comfy.folders import model_choice_fingerprint, model_choices, resolve_model_choice
 from ..bolid_core.comfy.sources import SourceInputs, applied_sources
+from ..bolid_core.identity.regions import Background
 from .checks import require_finite_numbers, validate_finite_numbers
-from .types import AdapterType, BodyIDType, FaceEmbedsType
+from .types import AdapterType, BodyIDType, FaceEmbedsType, RegionsType
 
 ADAPTER_FOLDERS = ("bolid", "ipadapter")
 
@@ -50,7 +51,9 @@ class ApplyAdapter(io.ComfyNode):
             category="BoLID/adapter",
             description=(
                 "Adds the adapter's sources to every cross-attention layer: Z' = Attn(Q,K_t,V_t) + sum of "
-                "weight x Attn(Q,K_s,V_s) over the reference image, face and body sources it is given."
+                "weight x Attn(Q,K_s,V_s) over the reference image, face and body sources it is given. A FaceStudio "
+                "adapter fuses the face with a style image and/or a style prompt. With regions, each person's face "
+                "and body act only on their own region."
             ),
             inputs=[
                 io.Model.Input("model"),
@@ -72,7 +75,32 @@ class ApplyAdapter(io.ComfyNode):
                 io.Image.Input("image", optional=True, tooltip="Reference image(s) for the image source."),
                 FaceEmbedsType.Input("face_embeds", optional=True),
                 BodyIDType.Input("body_id", optional=True),
-                io.Mask.Input("attn_mask", optional=True, tooltip="Where the adapter acts; any resolution."),
+                io.Mask.Input(
+                    "attn_mask", optional=True,
+                    tooltip="Where the adapter's global sources act; any resolution. Regions have their own masks.",
+                ),
+                # Optional, so API workflows saved before these inputs existed still validate.
+                io.Conditioning.Input(
+                    "style_prompt", optional=True,
+                    tooltip="FaceStudio adapters: a prompt whose text embedding stands in for the style image "
+                    "(through the adapter's text prior). Encode it with CLIPTextEncode.",
+                ),
+                io.Float.Input(
+                    "style_image_share", default=0.5, min=0.0, max=1.0, step=0.05, optional=True,
+                    tooltip="FaceStudio adapters with both a style image and a style prompt: alpha in "
+                    "e = alpha x e_image + (1 - alpha) x e_text. With only one of them, that one is used.",
+                ),
+                RegionsType.Input(
+                    "regions", optional=True,
+                    tooltip="Several people: each region's tokens attend only to its own person's face and body "
+                    "(from BoLID Add Region). face_weight and body_weight apply to every person.",
+                ),
+                io.Combo.Input(
+                    "region_background", options=[rule.value for rule in Background],
+                    default=Background.NONE.value, optional=True,
+                    tooltip="With regions, what tokens outside every region attend to: no identity, every identity "
+                    "at 1/N, or the identity of the nearest region.",
+                ),
             ],
             outputs=[io.Model.Output()],
         )  # fmt: skip
@@ -91,16 +119,20 @@ class ApplyAdapter(io.ComfyNode):
     def execute(
         cls, model, adapter: Adapter, image_weight: float, face_weight: float, body_weight: float,
         start_at: float, end_at: float, combine_references: str, faceid_v2_shortcut: float,
-        clip_vision=None, image=None, face_embeds=None, body_id=None, attn_mask=None,
+        clip_vision=None, image=None, face_embeds=None, body_id=None, attn_mask=None, style_prompt=None,
+        style_image_share: float = 0.5, regions=None, region_background: str = Background.NONE.value,
     ) -> io.NodeOutput:  # fmt: skip
         numbers = {
             "image_weight": image_weight, "face_weight": face_weight, "body_weight": body_weight,
             "start_at": start_at, "end_at": end_at, "faceid_v2_shortcut": faceid_v2_shortcut,
+            "style_image_share": style_image_share,
         }  # fmt: skip
         require_finite_numbers(cls, numbers)  # values over links; the window order is checked with the sources
         inputs = SourceInputs(
             clip_vision, image, face_embeds, body_id,
             {Source.IMAGE: image_weight, Source.FACE: face_weight, Source.BODY: body_weight},
             start_at, end_at, ReferenceCombine(combine_references), attn_mask, faceid_v2_shortcut,
+            style_prompt, style_image_share, regions, Background(region_background),
         )  # fmt: skip
-        return io.NodeOutput(apply_adapter(model, adapter, applied_sources(model, adapter, inputs)))
+        sources, region_layout = applied_sources(model, adapter, inputs)
+        return io.NodeOutput(apply_adapter(model, adapter, sources, region_layout))

@@ -127,6 +127,31 @@ def _install_test_assets(base: Path) -> None:
         Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(base / "input" / f"{name}.png")
     _install_body_assets(base)
     _install_face_assets(base)
+    _install_region_assets(base)
+
+
+def _install_region_assets(base: Path) -> None:
+    """A random YOLO11-seg model, a layout photo, a two-colour region image, a FaceStudio adapter (hybrid face,
+    text prior, body) and a second saved body."""
+    import numpy as np
+    from hybrid_factories import hybrid_adapter
+    from PIL import Image
+    from region_assets import IMAGE_SIZE, REGION_COLUMNS, REGIONS_IMAGE
+    from segmentation_factories import person_seg_model
+
+    from bolid_core.adapter import save_adapter
+    from bolid_core.body import sample_prior, save_body_id
+
+    person_seg_model(base / "models" / "ultralytics" / "yolo11n-seg.pt")
+    regions = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    for channel, (x0, x1) in enumerate(REGION_COLUMNS):
+        regions[:, x0:x1, channel] = 255
+    Image.fromarray(regions).save(base / "input" / REGIONS_IMAGE)
+    layout = np.random.default_rng(5).integers(0, 255, (192, 256, 3), dtype=np.uint8)
+    Image.fromarray(layout).save(base / "input" / "bolid_two_people_layout.png")
+    bolid = base / "models" / "bolid"
+    save_adapter(hybrid_adapter(seed=5, image=False), bolid / "bolid_sdxl_facestudio.safetensors")
+    save_body_id(sample_prior(756, seed=2), bolid / "bodies" / "other_body.safetensors")
 
 
 def _install_face_assets(base: Path) -> None:
@@ -149,6 +174,12 @@ def _install_face_assets(base: Path) -> None:
     save_file(faceid_plusv2_sdxl_lora(tiny_attention_blocks(), model_channels=32), str(loras / FILE_NAME))
     build_model_pack(base / "models" / "insightface")
     Image.fromarray(face_image(640, 640, [(320, 320, 40)])).save(base / "input" / "bolid_face.png")
+    # Faces sit on the synthetic detector's anchor grid (multiples of 32). The same person elsewhere, and a second
+    # person: a larger face with a dark stripe, so the linear synthetic ArcFace gives another embedding.
+    Image.fromarray(face_image(640, 640, [(288, 352, 40)])).save(base / "input" / "bolid_face_2.png")
+    second_person = face_image(640, 640, [(320, 320, 48)])
+    second_person[326:330, 296:344] = 0
+    Image.fromarray(second_person).save(base / "input" / "bolid_face_b.png")
 
 
 def _install_body_assets(base: Path) -> None:

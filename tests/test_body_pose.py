@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from pickle_payloads import ConstructorCall, ExecPayload, checkpoint_with
 
 from bolid_core.body.pose import PoseModelError, detect_poses, load_pose_model
 
@@ -80,33 +81,7 @@ def test_grayscale_rgba_tiny_and_wrong_models(pose_model_file: Path, tmp_path: P
         load_pose_model(tmp_path / "missing.pt")
 
 
-class ExecPayload:
-    """Unpickling this runs code: it creates the marker file."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        import builtins
-
-        return (builtins.exec, (f"open({str(self.marker)!r}, 'w').close()",))
-
-
-class ConstructorCall:
-    """Calls an allowed module class with the file's own arguments, as no saved model does."""
-
-    def __reduce__(self):
-        from ultralytics.nn.tasks import PoseModel
-
-        return (PoseModel, ("yolo11n-pose.yaml",))
-
-
-def checkpoint_with(pose_model_file: Path, folder: Path, extra: object) -> Path:
-    checkpoint = torch.load(pose_model_file, weights_only=False, map_location="cpu")  # our own file: trusted
-    checkpoint["extra"] = extra
-    path = folder / "yolo11n-pose-tampered.pt"
-    torch.save(checkpoint, path)
-    return path
+POSE_CONSTRUCTOR_CALL = ConstructorCall("PoseModel", "yolo11n-pose.yaml")
 
 
 def test_a_payload_in_a_pt_file_never_runs(pose_model_file: Path, tmp_path: Path) -> None:
@@ -122,7 +97,7 @@ def test_a_payload_in_a_pt_file_never_runs(pose_model_file: Path, tmp_path: Path
 
 def test_calling_an_allowed_class_is_refused(pose_model_file: Path, tmp_path: Path) -> None:
     with pytest.raises(PoseModelError, match=r"calls ultralytics\.nn\.tasks\.PoseModel\(\.\.\.\)"):
-        load_pose_model(checkpoint_with(pose_model_file, tmp_path, ConstructorCall()))
+        load_pose_model(checkpoint_with(pose_model_file, tmp_path, POSE_CONSTRUCTOR_CALL))
 
 
 def test_the_allow_list_holds_even_if_another_pack_allowed_whole_classes(pose_model_file: Path, tmp_path: Path) -> None:
@@ -132,7 +107,7 @@ def test_the_allow_list_holds_even_if_another_pack_allowed_whole_classes(pose_mo
     torch.serialization.add_safe_globals([PoseModel])  # as other ComfyUI packs do for their YOLO models
     try:
         with pytest.raises(PoseModelError, match="calls ultralytics"):
-            load_pose_model(checkpoint_with(pose_model_file, tmp_path, ConstructorCall()))
+            load_pose_model(checkpoint_with(pose_model_file, tmp_path, POSE_CONSTRUCTOR_CALL))
         assert PoseModel in torch.serialization.get_safe_globals(), "the other pack's entry must be kept"
     finally:
         torch.serialization.clear_safe_globals()

@@ -115,3 +115,34 @@ def test_keypoints_preview_parses_like_the_server(browser, comfy_server) -> None
     assert results["flat"]["views"][0][16] == pytest.approx([16 / 17, 0.5, 1])
     assert results["badJson"]["error"] == "not valid JSON"
     assert "not 17" in results["short"]["error"]
+
+
+def test_faces_report_shows_on_the_node(browser, comfy_server, baseline_errors: set[str], test_output: Path) -> None:
+    """The report the server sends as ui text (BoLID Faces Of One Person) is drawn on the node, flagged line and all."""
+    page, errors = open_app(browser, comfy_server)
+    report = "Faces: 3\nMean cosine 0.41\nFace 2 looks like a different person (mean cosine 0.02 to the others)."
+    state = page.evaluate(
+        """(report) => {
+            const node = window.LiteGraph.createNode("BoLIDFacesOfOnePerson");
+            window.app.graph.add(node);
+            const before = node.size[1];
+            node.onExecuted({ text: [report] });
+            window.app.canvas.setDirty(true, true);
+            return {
+                widgets: node.widgets.map((widget) => widget.name),
+                shown: node.bolidReport,
+                grew: node.size[1] > before,
+            };
+        }""",
+        report,
+    )
+    page.evaluate(SHOW_WHOLE_GRAPH)
+    page.wait_for_timeout(500)
+    shot = test_output / "browser" / "faces_report.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shot))
+    page.close()
+    assert "bolid_faces_report" in state["widgets"], "the faces report extension did not attach"
+    assert state["shown"] == report and state["grew"], f"the report is not shown: {state}"
+    added = sorted(set(errors) - baseline_errors)
+    assert not added, "console errors the pack adds:\n" + "\n".join(added)

@@ -17,6 +17,7 @@ from bolid_dev.workflows import (
     WORKFLOWS_DIR,
     api_workflow_names,
     load_api_workflow,
+    upstream,
     with_tiny_models,
 )
 
@@ -170,17 +171,6 @@ def _only(workflow: dict, class_type: str) -> tuple[str, dict]:
     return found
 
 
-def _upstream(workflow: dict, node_id: str) -> dict:
-    """The node and everything it reads from, so a prompt runs just that part of the graph."""
-    picked, pending = {}, [node_id]
-    while pending:
-        current = pending.pop()
-        if current not in picked:
-            picked[current] = workflow[current]
-            pending += [value[0] for value in workflow[current]["inputs"].values() if isinstance(value, list)]
-    return json.loads(json.dumps(picked))
-
-
 def test_fastface_workflow_is_wired_as_published() -> None:
     """The FastFace configs use FaceID-Plus-v2 with its LoRA at scale 1.0 and pass no negative prompt
     (diffusers SDXL then uses zero embeddings, pooled included)."""
@@ -202,7 +192,7 @@ def test_fastface_guider_gets_zero_negative(client) -> None:
     prompt = {}
     for name in ("positive", "negative"):
         probe = {"class_type": "BoLIDTestConditioningProbe", "inputs": {"conditioning": guider["inputs"][name]}}
-        prompt.update(_upstream({**workflow, f"probe_{name}": probe}, f"probe_{name}"))
+        prompt.update(upstream({**workflow, f"probe_{name}": probe}, f"probe_{name}"))
     entry = client.run(prompt, timeout_s=300)
     (positive,) = entry["outputs"]["probe_positive"]["bolid_conditioning"]
     (negative,) = entry["outputs"]["probe_negative"]["bolid_conditioning"]

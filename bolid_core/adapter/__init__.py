@@ -12,6 +12,7 @@ from .checkpoint import (
     read_state_dict,
     save_adapter,
 )
+from .projections import HybridIdentityProjection, TextPrior
 
 __all__ = [
     "Adapter",
@@ -19,7 +20,9 @@ __all__ = [
     "AdapterKind",
     "AdapterSpec",
     "ClipInput",
+    "HybridIdentityProjection",
     "Source",
+    "TextPrior",
     "load_adapter",
     "new_bolid_adapter",
     "read_state_dict",

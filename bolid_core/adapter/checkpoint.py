@@ -18,10 +18,17 @@ from safetensors import safe_open
 from torch import nn
 
 from ..files import PlainWeightsError, load_plain_weights, save_safetensors_atomic
-from .projections import FaceIDPlusProjection, MLPTokenProjection, PerceiverResampler, TokenProjection
+from .projections import (
+    FaceIDPlusProjection,
+    HybridIdentityProjection,
+    MLPTokenProjection,
+    PerceiverResampler,
+    TokenProjection,
+)
 
 BOLID_FORMAT = "bolid-adapter"
-BOLID_FORMAT_VERSION = 1
+BOLID_FORMAT_VERSION = 2  # 2: the hybrid face source (fusion layer, text prior); version 1 files still load
+OLDEST_BOLID_FORMAT_VERSION = 1
 BASE_FAMILY_BY_CONTEXT = {768: "SD1.5", 1024: "SD2.x", 2048: "SDXL"}
 SD15_CONTEXT_DIM = 768
 
@@ -35,7 +42,7 @@ class AdapterKind(str, enum.Enum):
     IP_ADAPTER_PLUS = "ip-adapter-plus"  # resampler over CLIP hidden states
     FACEID = "ip-adapter-faceid"  # ArcFace embedding -> tokens
     FACEID_PLUS = "ip-adapter-faceid-plus"  # ArcFace tokens refined over CLIP hidden states of the face crop
-    BOLID = "bolid"  # our format: reference image and body sources
+    BOLID = "bolid"  # our format: reference image, hybrid face (FaceStudio fusion) and body sources
 
 
 class Source(str, enum.Enum):
@@ -62,10 +69,43 @@ class AdapterSpec:
     face_dim: int | None = None
     body_dim: int | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    fusion_dim: int | None = None  # hybrid face source: width of e = fusion(CLIP ‖ ArcFace)
+    text_dim: int | None = None  # hybrid face source: pooled CLIP text width its prior reads; None: no prior
+
+    def __post_init__(self) -> None:
+        if self.has_fusion:
+            required = {"face_dim": self.face_dim, "clip_dim": self.clip_dim, "fusion_dim": self.fusion_dim}
+            missing = [name for name, value in required.items() if value is None]
+            if missing:
+                raise AdapterFormatError(
+                    "A BoLID adapter with a face source fuses CLIP-vision image embeds with ArcFace embeddings "
+                    f"(FaceStudio); its spec lacks {', '.join(missing)}. Re-export the adapter with them set."
+                )
+            if self.clip_input is not ClipInput.EMBEDS:
+                found = self.clip_input.value if self.clip_input else "nothing"
+                raise AdapterFormatError(
+                    "A BoLID adapter with a face source reads CLIP-vision image_embeds; its spec names "
+                    f"{found}. Re-export it with clip_input {ClipInput.EMBEDS.value}."
+                )
+        elif self.fusion_dim is not None or self.text_dim is not None:
+            sources = ", ".join(source.value for source in self.tokens) or "none"
+            raise AdapterFormatError(
+                f"This {self.kind.value} adapter has a fusion layer or text prior but no face input to fuse "
+                f"(sources: {sources}). Only a BoLID adapter with a face source carries them."
+            )
+        for name in ("fusion_dim", "text_dim"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise AdapterFormatError(f"The adapter's {name} is {value}; it must be a positive width.")
 
     @property
     def sources(self) -> tuple[Source, ...]:
         return tuple(self.tokens)
+
+    @property
+    def has_fusion(self) -> bool:
+        """Whether the face source is FaceStudio's hybrid fusion (our format), not FaceID's ArcFace-only MLP."""
+        return self.kind is AdapterKind.BOLID and Source.FACE in self.tokens
 
     @property
     def base_family(self) -> str:
@@ -85,18 +125,22 @@ class AdapterSpec:
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, str], name: str) -> AdapterSpec:
-        version = int(metadata.get("format_version", "0"))
-        if version != BOLID_FORMAT_VERSION:
+        written = metadata.get("format_version", "(none)")
+        version = int(written) if written.isdigit() else 0
+        if not OLDEST_BOLID_FORMAT_VERSION <= version <= BOLID_FORMAT_VERSION:
             raise AdapterFormatError(
-                f"{name} is BoLID adapter format version {version}; this pack reads version "
-                f"{BOLID_FORMAT_VERSION}. Update the pack, or re-export the adapter."
+                f"{name} is BoLID adapter format version {written}; this pack reads version "
+                f"{OLDEST_BOLID_FORMAT_VERSION} or {BOLID_FORMAT_VERSION}. Update the pack, or re-export the adapter."
             )
-        fields = json.loads(metadata["spec"])
+        fields = json.loads(metadata["spec"])  # version 1 specs have no fusion_dim/text_dim: they default to None
         fields["kind"] = AdapterKind(fields["kind"])
         fields["tokens"] = {Source(source): count for source, count in fields["tokens"].items()}
         fields["clip_input"] = ClipInput(fields["clip_input"]) if fields["clip_input"] else None
         fields["layer_widths"] = tuple(fields["layer_widths"])
-        return cls(**fields)
+        try:
+            return cls(**fields)
+        except AdapterFormatError as error:
+            raise AdapterFormatError(f"{name}: {error}") from error
 
 
 class LayerKV(nn.Module):
@@ -274,6 +318,10 @@ def bolid_projections(spec: AdapterSpec) -> dict[Source, nn.Module]:
     projections: dict[Source, nn.Module] = {}
     if Source.IMAGE in spec.tokens:
         projections[Source.IMAGE] = TokenProjection(spec.clip_dim, spec.context_dim, spec.tokens[Source.IMAGE])
+    if Source.FACE in spec.tokens:
+        projections[Source.FACE] = HybridIdentityProjection(
+            spec.clip_dim, spec.face_dim, spec.fusion_dim, spec.context_dim, spec.tokens[Source.FACE], spec.text_dim
+        )
     if Source.BODY in spec.tokens:
         hidden = spec.body_dim * BODY_HIDDEN_MULTIPLIER
         projections[Source.BODY] = MLPTokenProjection(spec.body_dim, hidden, spec.context_dim, spec.tokens[Source.BODY])

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 PERCEIVER_DIM_HEAD = 64  # not recoverable from the weights; every published resampler uses 64
+PRIOR_HIDDEN_MULTIPLIER = 2  # text prior hidden width, in units of the CLIP image-embed width
 
 
 class TokenProjection(nn.Module):
@@ -126,3 +127,58 @@ class FaceIDPlusProjection(nn.Module):
         face_tokens = self.norm(self.proj(face_embeds).reshape(-1, self.tokens, self.cross_dim))
         refined = self.perceiver_resampler(clip_hidden, face_tokens)
         return face_tokens + shortcut_scale * refined if self.shortcut else refined
+
+
+class TextPrior(nn.Module):
+    """Maps a pooled CLIP text embedding into the CLIP-vision image-embed space, so a prompt can stand in for a
+    style image (FaceStudio, Yan et al. 2023, arXiv:2312.02663, sec. 3.1: the text branch's prior)."""
+
+    def __init__(self, text_dim: int, hidden_dim: int, clip_dim: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.LayerNorm(text_dim), nn.Linear(text_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, clip_dim)
+        )
+
+    def forward(self, text_embeds: torch.Tensor) -> torch.Tensor:
+        return self.net(text_embeds)
+
+
+class HybridIdentityProjection(nn.Module):
+    """FaceStudio's hybrid identity embedding (Yan et al. 2023, arXiv:2312.02663, sec. 3.1), then tokens.
+
+    Image branch: e_i = fusion(CLIP-vision(image) ‖ ArcFace(face)).
+    Text branch:  e_t = fusion(Prior(CLIP_T(text)) ‖ ArcFace(face)), through the same `fusion` layer.
+    The CLIP part comes first in the concatenation, the ArcFace part second.
+    """
+
+    def __init__(
+        self,
+        clip_dim: int,
+        face_dim: int,
+        fusion_dim: int,
+        cross_dim: int,
+        tokens: int,
+        text_dim: int | None = None,
+        prior_hidden_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.clip_dim, self.face_dim, self.fusion_dim = clip_dim, face_dim, fusion_dim
+        self.tokens, self.cross_dim = tokens, cross_dim
+        self.fusion = nn.Linear(clip_dim + face_dim, fusion_dim)
+        prior_hidden_dim = prior_hidden_dim or PRIOR_HIDDEN_MULTIPLIER * clip_dim
+        self.prior = TextPrior(text_dim, prior_hidden_dim, clip_dim) if text_dim else None
+        self.to_tokens = TokenProjection(fusion_dim, cross_dim, tokens)
+
+    def embed_image(self, clip_embeds: torch.Tensor, arcface: torch.Tensor) -> torch.Tensor:
+        """(n, clip_dim) CLIP-vision image embeds and (n, face_dim) ArcFace embeddings -> e_i, (n, fusion_dim)."""
+        return self.fusion(torch.cat([clip_embeds, arcface], dim=-1))
+
+    def embed_text(self, text_embeds: torch.Tensor, arcface: torch.Tensor) -> torch.Tensor:
+        """(n, text_dim) pooled CLIP text embeddings and (n, face_dim) ArcFace embeddings -> e_t, (n, fusion_dim)."""
+        if self.prior is None:
+            raise ValueError("This hybrid adapter has no text prior: give it a style image instead of a prompt.")
+        return self.fusion(torch.cat([self.prior(text_embeds), arcface], dim=-1))
+
+    def forward(self, identity: torch.Tensor) -> torch.Tensor:
+        """(n, fusion_dim) identity embeddings -> (n, tokens, cross_dim)."""
+        return self.to_tokens(identity)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 
 import torch
 
@@ -55,6 +56,11 @@ def face_tokens(
     spec = adapter.spec
     if Source.FACE not in spec.tokens:
         raise AdapterFormatError(f"This {spec.kind.value} adapter has no face source.")
+    if spec.has_fusion:
+        raise AdapterFormatError(
+            "This BoLID adapter fuses the face with a style (FaceStudio): build its tokens with "
+            "hybrid_face_tokens and give it a style image's CLIP image embeds or a style prompt."
+        )
     _check_width(face_embeds.shape[-1], spec.face_dim, "face embeddings", "Use ArcFace (insightface) embeddings.")
     projection = adapter.projection(Source.FACE)
     null_face = torch.zeros_like(face_embeds)
@@ -79,3 +85,80 @@ def body_tokens(adapter: Adapter, c_body: torch.Tensor) -> tuple[torch.Tensor, t
     )
     projection = adapter.projection(Source.BODY)
     return projection(c_body.float()), projection(torch.zeros_like(c_body).float())
+
+
+@torch.no_grad()
+def hybrid_face_tokens(
+    adapter: Adapter,
+    arcface: torch.Tensor,
+    clip_embeds: torch.Tensor | None,
+    text_embeds: torch.Tensor | None,
+    image_share: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Identity tokens of a hybrid (FaceStudio) face source, (n, tokens, context_dim) for on and off.
+
+    arcface (n, face_dim); clip_embeds, CLIP-vision image_embeds of the style image, (n or 1, clip_dim); text_embeds,
+    the pooled CLIP text embedding of the style prompt, (n or 1, text_dim). With both, the guidances blend as
+    e = image_share·e_i + (1 − image_share)·e_t (FaceStudio, sec. 3.1); with one, that one is used alone.
+    The off (null) branch runs the same path on all-zero CLIP, text and ArcFace inputs: FaceStudio trains its
+    unconditional branch by dropping the style and face embeddings, and sets the face embedding to zero where
+    there is no face.
+    """
+    spec = adapter.spec
+    if not spec.has_fusion:
+        raise AdapterFormatError(
+            f"This {spec.kind.value} adapter has no hybrid face source; use face_tokens for its face input."
+        )
+    if not math.isfinite(image_share) or not 0.0 <= image_share <= 1.0:
+        raise ValueError(f"The image share is {image_share}: give a number from 0 (prompt only) to 1 (image only).")
+    if clip_embeds is None and text_embeds is None:
+        raise ValueError(
+            "This hybrid adapter fuses the face with a style: connect a style image (clip_vision + image) "
+            "or a style prompt."
+        )
+    projection = adapter.projection(Source.FACE)
+    if arcface.ndim != 2 or arcface.shape[0] == 0:
+        raise ValueError(f"The face embeddings have shape {tuple(arcface.shape)}; give (faces, width) ArcFace rows.")
+    _check_width(arcface.shape[-1], spec.face_dim, "face embeddings", "Use ArcFace (insightface) embeddings.")
+    faces = arcface.shape[0]
+    if clip_embeds is not None:
+        _check_width(
+            clip_embeds.shape[-1], spec.clip_dim, "CLIP-vision image_embeds",
+            "Pick the CLIP vision model this adapter was trained with (ViT-H gives 1024, ViT-bigG 1280).",
+        )  # fmt: skip
+        clip_embeds = _rows_for_faces(clip_embeds.float(), faces, "style image embeds")
+    if text_embeds is not None:
+        if projection.prior is None:
+            raise AdapterFormatError(
+                "This hybrid adapter has no text prior, so a style prompt cannot stand in for the style image: "
+                "connect a style image (clip_vision + image) instead."
+            )
+        _check_width(
+            text_embeds.shape[-1], spec.text_dim, "pooled CLIP text embeddings",
+            "Use the SDXL CLIP whose pooled output this adapter's prior was trained on (CLIP-G: 1280).",
+        )  # fmt: skip
+        text_embeds = _rows_for_faces(text_embeds.float(), faces, "style prompt embeddings")
+
+    def identity(face: torch.Tensor, clip: torch.Tensor | None, text: torch.Tensor | None) -> torch.Tensor:
+        e_i = projection.embed_image(clip, face) if clip is not None else None
+        e_t = projection.embed_text(text, face) if text is not None else None
+        if e_t is None:
+            return e_i
+        if e_i is None:
+            return e_t
+        return image_share * e_i + (1.0 - image_share) * e_t
+
+    def zeros(like: torch.Tensor | None) -> torch.Tensor | None:
+        return None if like is None else torch.zeros_like(like)
+
+    arcface = arcface.float()
+    on = projection(identity(arcface, clip_embeds, text_embeds))
+    off = projection(identity(torch.zeros_like(arcface), zeros(clip_embeds), zeros(text_embeds)))
+    return on, off
+
+
+def _rows_for_faces(embeds: torch.Tensor, faces: int, what: str) -> torch.Tensor:
+    """One row per face: a single row is shared by all faces."""
+    if embeds.ndim != 2 or embeds.shape[0] not in (1, faces):
+        raise ValueError(f"The {what} have shape {tuple(embeds.shape)}; give one row, or one row per face ({faces}).")
+    return embeds.expand(faces, -1)

@@ -1,4 +1,5 @@
-"""COCO-17 pose keypoints from Ultralytics YOLO pose models (.pt or .onnx), offline, batched over views.
+"""COCO-17 pose keypoints from Ultralytics YOLO pose models (.pt or .onnx), offline, batched over views; the checks
+every YOLO model file passes before ultralytics reads it (segmentation.py uses them too).
 
 ultralytics is imported only when a model is loaded. YOLO_OFFLINE stops its settings sync and downloads, and
 YOLO_AUTOINSTALL its pip installs; the pack draws its own previews, so ultralytics' plotting (which fetches a font)
@@ -59,6 +60,15 @@ POSE_CHECKPOINT_DATA = (
     "ultralytics.utils.IterableSimpleNamespace", "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar",
     "numpy.dtype",
 )  # fmt: skip
+# What YOLOv8-, YOLO11- and YOLO26-seg checkpoints hold besides POSE_CHECKPOINT_MODULES, read off checkpoints that
+# ultralytics saved. Only the segmentation loader allows them; the pose loader only names them in its refusal.
+SEGMENTATION_CHECKPOINT_MODULES = (
+    "torch.nn.modules.conv.ConvTranspose2d", "ultralytics.nn.modules.block.Proto",
+    "ultralytics.nn.modules.block.Proto26", "ultralytics.nn.modules.head.Segment",
+    "ultralytics.nn.modules.head.Segment26", "ultralytics.nn.tasks.SegmentationModel",
+)  # fmt: skip
+# ultralytics' model class for each task: what a checkpoint's model is, and what its pickle names.
+YOLO_TASK_MODELS = {"DetectionModel": "detect", "PoseModel": "pose", "SegmentationModel": "segment"}
 # The ONNX metadata that ultralytics before 8.4 passes to eval().
 ONNX_EVALUATED_METADATA = ("imgsz", "names", "kpt_shape", "args")
 
@@ -67,6 +77,25 @@ _REGISTRY_LOCK = threading.Lock()
 
 class PoseModelError(RuntimeError):
     """A pose model file that cannot be used; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class YoloFileRules:
+    """What one kind of YOLO model file may hold, and the words its refusals use."""
+
+    kind: str  # "pose", "segmentation"
+    task: str  # ultralytics' task name: "pose", "segment"
+    example: str  # a file to suggest: "yolo11n-pose.pt"
+    needs: str  # "the body ID needs a -pose model (yolo11n-pose.pt)"
+    modules: tuple[str, ...]  # the allow-list of module classes
+    onnx_metadata: tuple[str, ...]  # metadata keys an ultralytics export of this kind always has
+    error: type[RuntimeError]
+
+
+POSE_FILE_RULES = YoloFileRules(
+    "pose", "pose", "yolo11n-pose.pt", "the body ID needs a -pose model (yolo11n-pose.pt)", POSE_CHECKPOINT_MODULES,
+    ("task", "kpt_shape"), PoseModelError,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -100,19 +129,18 @@ class PoseModel:
         return results
 
 
-def _refusal(name: str, reason: str) -> str:
+def _refusal(name: str, reason: str, rules: YoloFileRules) -> str:
     return (
-        f"{name} was refused: {reason}. Pose models are checked before use because .pt files are pickles, which "
-        f"can run code. Use a pose model from a source you trust: export it to ONNX (`yolo export model={name} "
-        "format=onnx`, on a machine where you trust it) and put the .onnx file in models/ultralytics, or save it "
-        "again with a current ultralytics."
+        f"{name} was refused: {reason}. {rules.kind.capitalize()} models are checked before use because .pt files "
+        f"are pickles, which can run code. Use a {rules.kind} model from a source you trust: export it to ONNX "
+        f"(`yolo export model={name} format=onnx`, on a machine where you trust it) and put the .onnx file in "
+        "models/ultralytics, or save it again with a current ultralytics."
     )
 
 
 def load_pose_model(path: str | os.PathLike) -> PoseModel:
     """A YOLO pose model from a local .pt or .onnx file, checked as the module docstring says; never downloads."""
-    os.environ.setdefault("YOLO_OFFLINE", "true")
-    os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+    offline_ultralytics()
     path = Path(path)
     if path.suffix.lower() not in POSE_MODEL_SUFFIXES:
         raise PoseModelError(f"{path.name} is not a pose model file: use a YOLO11-pose .pt or .onnx file.")
@@ -124,6 +152,12 @@ def load_pose_model(path: str | os.PathLike) -> PoseModel:
     if path.suffix.lower() == ".onnx":
         return _load_onnx(data, path.name)
     return _load_checkpoint(data, path.name)
+
+
+def offline_ultralytics() -> None:
+    """No settings sync, downloads or pip installs from ultralytics in this process (unless the user set these)."""
+    os.environ.setdefault("YOLO_OFFLINE", "true")
+    os.environ.setdefault("YOLO_AUTOINSTALL", "false")
 
 
 # --- .pt -----------------------------------------------------------------------------------------------------------
@@ -156,11 +190,11 @@ def _resolve(qualified_name: str) -> Any | None:
         return None  # a class this ultralytics or numpy does not have: a file that needs it is refused
 
 
-def _checkpoint_allow_list() -> list:
+def _checkpoint_allow_list(modules: tuple[str, ...]) -> list:
     import numpy as np
 
     entries: list = []
-    for name in POSE_CHECKPOINT_MODULES:
+    for name in modules:
         real = _resolve(name)
         if real is not None:
             entries.append((_create_only(real, name), name))
@@ -191,39 +225,61 @@ def _only_these_safe_globals(entries: list) -> Iterator[None]:
             torch.serialization.add_safe_globals(saved)
 
 
-def _checked_checkpoint(data: bytes, name: str) -> dict:
+def checked_checkpoint_model(data: bytes, name: str, rules: YoloFileRules) -> torch.nn.Module:
+    """The model a .pt file holds, unpickled against the allow-list of `rules`; refuses anything else."""
     if not hasattr(torch.serialization, "get_unsafe_globals_in_checkpoint"):
-        raise PoseModelError(
-            f"{name}: checking a .pt pose model safely needs torch 2.6 or newer. Update torch, or use the model "
-            f"exported to ONNX (`yolo export model={name} format=onnx`), which carries no code."
+        raise rules.error(
+            f"{name}: checking a .pt {rules.kind} model safely needs torch 2.6 or newer. Update torch, or use the "
+            f"model exported to ONNX (`yolo export model={name} format=onnx`), which carries no code."
         )
     try:
-        with _only_these_safe_globals(_checkpoint_allow_list()):
+        with _only_these_safe_globals(_checkpoint_allow_list(rules.modules)):
             checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise PoseModelError(_refusal(name, _unpickling_problem(data, error))) from None
+        found = _globals_in_checkpoint(data)
+        other_task = _other_yolo_task(found, rules)
+        if other_task is not None:  # refused all the same, before anything is unpickled: only the words differ
+            raise rules.error(f"{name} is a YOLO {other_task} model; {rules.needs}.") from None
+        raise rules.error(_refusal(name, _unpickling_problem(found, error, rules), rules)) from None
     except (RuntimeError, EOFError, ValueError) as error:
-        raise PoseModelError(
-            f"{name} is not a readable PyTorch checkpoint ({str(error).splitlines()[0][:200]}): pick a YOLO pose "
-            ".pt or .onnx file."
+        raise rules.error(
+            f"{name} is not a readable PyTorch checkpoint ({str(error).splitlines()[0][:200]}): pick a YOLO "
+            f"{rules.kind} .pt or .onnx file."
         ) from None
     model = (checkpoint.get("ema") or checkpoint.get("model")) if isinstance(checkpoint, dict) else None
     if not isinstance(model, torch.nn.Module):
-        raise PoseModelError(f"{name} holds no ultralytics model: pick a YOLO pose .pt file saved by ultralytics.")
-    return checkpoint
+        raise rules.error(f"{name} holds no ultralytics model: pick a YOLO {rules.kind} .pt file saved by ultralytics.")
+    task = YOLO_TASK_MODELS.get(type(model).__name__, type(model).__name__)
+    if task != rules.task:
+        raise rules.error(f"{name} is a YOLO {task} model; {rules.needs}.")
+    return model
 
 
-def _unpickling_problem(data: bytes, error: pickle.UnpicklingError) -> str:
-    """Which names outside the allow-list the file refers to, or else what torch's unpickler refused."""
+def _globals_in_checkpoint(data: bytes) -> list[str]:
     try:
-        found = torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(data))
+        return torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(data))
     except (ValueError, RuntimeError, pickle.UnpicklingError):  # the scan only improves the message
-        found = []
-    allowed = set(POSE_CHECKPOINT_MODULES) | set(POSE_CHECKPOINT_DATA)
+        return []
+
+
+def _other_yolo_task(found: list[str], rules: YoloFileRules) -> str | None:
+    """The task of a file whose names are all those of a YOLO pose, detect or segmentation checkpoint, with the
+    model class of a task other than `rules.task`; None for anything else."""
+    known = set(POSE_CHECKPOINT_MODULES) | set(SEGMENTATION_CHECKPOINT_MODULES) | set(POSE_CHECKPOINT_DATA)
+    if not found or not set(found) <= known:
+        return None
+    tasks = {YOLO_TASK_MODELS[n.rpartition(".")[2]] for n in found if n.startswith("ultralytics.nn.tasks.")}
+    tasks.discard(rules.task)
+    return tasks.pop() if len(tasks) == 1 else None
+
+
+def _unpickling_problem(found: list[str], error: pickle.UnpicklingError, rules: YoloFileRules) -> str:
+    """Which names outside the allow-list the file refers to, or else what torch's unpickler refused."""
+    allowed = set(rules.modules) | set(POSE_CHECKPOINT_DATA)
     outside = sorted(set(found) - allowed)
     if outside:
         shown = ", ".join(outside[:5]) + (f" and {len(outside) - 5} more" if len(outside) > 5 else "")
-        return f"it refers to {shown}, which a YOLO pose checkpoint never holds"
+        return f"it refers to {shown}, which a YOLO {rules.kind} checkpoint never holds"
     text = str(error)
     marker = "WeightsUnpickler error: "
     detail = text[text.index(marker) + len(marker) :] if marker in text else text
@@ -231,23 +287,23 @@ def _unpickling_problem(data: bytes, error: pickle.UnpicklingError) -> str:
 
 
 def _load_checkpoint(data: bytes, name: str) -> PoseModel:
-    checkpoint = _checked_checkpoint(data, name)
-    model = checkpoint.get("ema") or checkpoint.get("model")
-    if type(model).__name__ != "PoseModel":
-        task = "detect" if type(model).__name__ == "DetectionModel" else type(model).__name__
-        raise PoseModelError(f"{name} is a YOLO {task} model; the body ID needs a -pose model (yolo11n-pose.pt).")
+    checked_checkpoint_model(data, name, POSE_FILE_RULES)
+    return _checked_task(PoseModel(yolo_from_checked_checkpoint(data, name, "pose")), name)
+
+
+def yolo_from_checked_checkpoint(data: bytes, name: str, task: str):
+    """ultralytics' YOLO on bytes that passed checked_checkpoint_model, read from a private copy."""
     from ultralytics import YOLO
 
-    with tempfile.TemporaryDirectory(prefix="bolid-pose-") as private:
+    with tempfile.TemporaryDirectory(prefix="bolid-yolo-") as private:
         copy = Path(private) / name
         copy.write_bytes(data)
-        yolo = YOLO(str(copy), task="pose")
-    return _checked_task(PoseModel(yolo), name)
+        return YOLO(str(copy), task=task)
 
 
 def _checked_task(model: PoseModel, name: str) -> PoseModel:
     if model.task != "pose":
-        raise PoseModelError(f"{name} is a YOLO {model.task} model; the body ID needs a -pose model (yolo11n-pose.pt).")
+        raise PoseModelError(f"{name} is a YOLO {model.task} model; {POSE_FILE_RULES.needs}.")
     return model
 
 
@@ -267,29 +323,36 @@ def _graph_tensors(graph) -> Iterator:
                 yield from _graph_tensors(subgraph)
 
 
-def _load_onnx(data: bytes, name: str) -> PoseModel:
+@dataclass(frozen=True)
+class CheckedOnnx:
+    """An ONNX export that passed checked_onnx: its metadata, the evaluated fields as plain values, fixed shapes."""
+
+    metadata: dict[str, str]
+    literals: dict[str, Any]
+    fixed_image_size: tuple[int, int] | None  # (height, width)
+    fixed_batch: int | None
+
+
+def checked_onnx(data: bytes, name: str, rules: YoloFileRules) -> CheckedOnnx:
+    """Weights inside the file, ultralytics' metadata present, and its evaluated fields plain literals."""
     try:
         import onnx
-        import onnxruntime
         from google.protobuf.message import DecodeError
     except ImportError:
-        raise PoseModelError(
-            f"{name}: ONNX pose models need the onnx and onnxruntime packages. Install them "
-            "(pip install onnx onnxruntime, or onnxruntime-gpu), or use a .pt pose model."
-        ) from None
+        raise rules.error(_onnx_packages_missing(name, rules)) from None
     try:
         proto = onnx.load_model_from_string(data)
     except (DecodeError, ValueError) as error:
-        raise PoseModelError(f"{name} is not a readable ONNX file ({error}): export it again.") from None
+        raise rules.error(f"{name} is not a readable ONNX file ({error}): export it again.") from None
     if any(tensor.data_location == onnx.TensorProto.EXTERNAL for tensor in _graph_tensors(proto.graph)):
-        raise PoseModelError(
-            _refusal(name, "it reads tensors from other files; export it again as one file (weights inside)")
+        raise rules.error(
+            _refusal(name, "it reads tensors from other files; export it again as one file (weights inside)", rules)
         )
     metadata = {entry.key: entry.value for entry in proto.metadata_props}
-    if "task" not in metadata or "kpt_shape" not in metadata:
-        raise PoseModelError(
-            f"{name} has no Ultralytics metadata (task, kpt_shape): export the pose model with ultralytics "
-            f"(`yolo export model=yolo11n-pose.pt format=onnx`)."
+    if any(key not in metadata for key in rules.onnx_metadata):
+        raise rules.error(
+            f"{name} has no Ultralytics metadata ({', '.join(rules.onnx_metadata)}): export the {rules.kind} model "
+            f"with ultralytics (`yolo export model={rules.example} format=onnx`)."
         )
     literals = {}
     for key in ONNX_EVALUATED_METADATA:
@@ -297,27 +360,49 @@ def _load_onnx(data: bytes, name: str) -> PoseModel:
             try:
                 literals[key] = ast.literal_eval(metadata[key])
             except (ValueError, SyntaxError, MemoryError, RecursionError):
-                raise PoseModelError(_refusal(name, f"its metadata field '{key}' is not a plain value")) from None
-    if metadata["task"] != "pose":
-        raise PoseModelError(f"{name} is a YOLO {metadata['task']} model; the body ID needs a -pose model.")
-    if list(literals.get("kpt_shape", ())) != [NUM_KEYPOINTS, 3]:
-        raise PoseModelError(
-            f"{name} gives keypoints shaped {metadata['kpt_shape']}; the body ID needs COCO's 17 (x, y, visibility)."
-        )
+                raise rules.error(_refusal(name, f"its metadata field '{key}' is not a plain value", rules)) from None
+    if metadata["task"] != rules.task:
+        raise rules.error(f"{name} is a YOLO {metadata['task']} model; {rules.needs}.")
     dims = [d.dim_value if d.HasField("dim_value") else None for d in proto.graph.input[0].type.tensor_type.shape.dim]
     fixed_size = (dims[2], dims[3]) if len(dims) == 4 and dims[2] and dims[3] else None
     fixed_batch = dims[0] if dims and dims[0] else None
+    return CheckedOnnx(metadata, literals, fixed_size, fixed_batch)
 
+
+def _onnx_packages_missing(name: str, rules: YoloFileRules) -> str:
+    return (
+        f"{name}: ONNX {rules.kind} models need the onnx and onnxruntime packages. Install them "
+        f"(pip install onnx onnxruntime, or onnxruntime-gpu), or use a .pt {rules.kind} model."
+    )
+
+
+def yolo_from_checked_onnx(data: bytes, name: str, rules: YoloFileRules):
+    """ultralytics' YOLO on an export that passed checked_onnx, from a private copy that lives as long as it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise rules.error(_onnx_packages_missing(name, rules)) from None
     from ultralytics import YOLO
 
-    private = tempfile.mkdtemp(prefix="bolid-pose-")
+    private = tempfile.mkdtemp(prefix="bolid-yolo-")
     copy = Path(private) / name
     copy.write_bytes(data)
-    yolo = YOLO(str(copy), task="pose")  # ultralytics opens the ONNX session on first predict: keep the copy
+    yolo = YOLO(str(copy), task=rules.task)  # ultralytics opens the ONNX session on first predict: keep the copy
     weakref.finalize(yolo, shutil.rmtree, private, True)
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         yolo.overrides["device"] = "cpu"  # else ultralytics, seeing a GPU, would try to pip-install onnxruntime-gpu
-    return _checked_task(PoseModel(yolo, fixed_size, fixed_batch), name)
+    return yolo
+
+
+def _load_onnx(data: bytes, name: str) -> PoseModel:
+    checked = checked_onnx(data, name, POSE_FILE_RULES)
+    if list(checked.literals.get("kpt_shape", ())) != [NUM_KEYPOINTS, 3]:
+        raise PoseModelError(
+            f"{name} gives keypoints shaped {checked.metadata['kpt_shape']}; the body ID needs COCO's 17 "
+            "(x, y, visibility)."
+        )
+    yolo = yolo_from_checked_onnx(data, name, POSE_FILE_RULES)
+    return _checked_task(PoseModel(yolo, checked.fixed_image_size, checked.fixed_batch), name)
 
 
 def _pick_person(result, view: int) -> tuple[torch.Tensor, float, str | None]:

@@ -17,7 +17,8 @@ import torch
 from comfy.ldm.modules.attention import BasicTransformerBlock, optimized_attention
 
 from ..adapter.checkpoint import Adapter, AdapterFormatError, Source
-from ..attention import AttentionManipulation, SourceKV, adapter_attention, mask_to_queries
+from ..attention import AttentionManipulation, SourceKV, adapter_attention, block_grid, mask_to_queries
+from ..identity.regions import Background, region_weights
 from .steps import step_index
 
 LayerKey = tuple[str, int, int]
@@ -50,6 +51,16 @@ class AppliedSource:
     mask: torch.Tensor | None = None  # (1 or batch, height, width), any resolution
     manipulation: AttentionManipulation | None = None  # FastFace AM of this source's attention map
     switch_name: str = "id"  # the name a guider uses in SOURCE_SWITCH_KEY to switch it per cond
+    region: int | None = None  # the identity region whose tokens alone attend to this source (FaceStudio)
+
+
+@dataclass(frozen=True)
+class RegionLayout:
+    """Where each identity acts: region i's mask (1 or batch, H, W), any resolution, and the rule for tokens
+    outside every region. Resolved per block grid into disjoint per-token weights (identity.regions)."""
+
+    masks: tuple[torch.Tensor, ...]
+    background: Background = Background.NONE
 
 
 @dataclass
@@ -62,6 +73,7 @@ class AppliedAdapter:
     adapter: Adapter
     sources: list[AppliedSource]
     patcher: comfy.model_patcher.ModelPatcher
+    regions: RegionLayout | None = None
     _kv_cache: dict = field(default_factory=dict)
 
     def kv(self, layer: int, index: int, switched_on: bool, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,21 +92,39 @@ class AppliedAdapter:
     def mask(
         self, index: int, latent_hw: tuple[int, int], queries: int, chunks: int, per_chunk: int, like: torch.Tensor
     ) -> torch.Tensor | None:
-        """One source's mask on a block's query grid, for the whole chunked batch: (1 or chunks x per_chunk,
-        queries). Mask j goes to sample j of every chunk. Resized once per grid, batch layout and device."""
-        mask = self.sources[index].mask
-        if mask is None:
+        """One source's weight per query on a block's grid, for the whole chunked batch: (1 or chunks x per_chunk,
+        queries). Mask j goes to sample j of every chunk. Made once per grid, batch layout and device."""
+        applied = self.sources[index]
+        if applied.region is not None:
+            return self._region_mask(applied.region, latent_hw, queries, chunks, per_chunk, like)
+        if applied.mask is None:
             return None
         key = ("mask", index, latent_hw, queries, chunks, per_chunk, like.device)
         if key not in self._kv_cache:
-            if mask.shape[0] not in (1, per_chunk):
-                raise ValueError(
-                    f"The adapter's attn_mask is a batch of {mask.shape[0]} masks but the latent batch is "
-                    f"{per_chunk}: give one mask for all images, or one mask per image ({per_chunk})."
-                )
-            on_grid = mask_to_queries(mask.to(like.device), latent_hw, queries)
+            _check_mask_batch(applied.mask.shape[0], per_chunk, "The adapter's attn_mask")
+            on_grid = mask_to_queries(applied.mask.to(like.device), latent_hw, queries)
             self._kv_cache[key] = on_grid if on_grid.shape[0] == 1 else on_grid.repeat(chunks, 1)
         return self._kv_cache[key]
+
+    def _region_mask(
+        self, region: int, latent_hw: tuple[int, int], queries: int, chunks: int, per_chunk: int, like: torch.Tensor
+    ) -> torch.Tensor:
+        key = ("regions", latent_hw, queries, chunks, per_chunk, like.device)
+        if key not in self._kv_cache:
+            layout = self.regions
+            for mask in layout.masks:
+                _check_mask_batch(mask.shape[0], per_chunk, "A region mask")
+            weights = region_weights(layout.masks, block_grid(latent_hw, queries), layout.background).to(like.device)
+            self._kv_cache[key] = weights if weights.shape[1] == 1 else weights.repeat(1, chunks, 1)
+        return self._kv_cache[key][region]
+
+
+def _check_mask_batch(masks: int, per_chunk: int, what: str) -> None:
+    if masks not in (1, per_chunk):
+        raise ValueError(
+            f"{what} is a batch of {masks} masks but the latent batch is {per_chunk}: give one mask for all "
+            f"images, or one mask per image ({per_chunk})."
+        )
 
 
 def _switched_on(extra_options: dict, cond_index: int, switch_name: str) -> bool:
@@ -191,12 +221,19 @@ def check_fit(model: comfy.model_patcher.ModelPatcher, adapter: Adapter) -> list
 
 
 def apply_adapter(
-    model: comfy.model_patcher.ModelPatcher, adapter: Adapter, sources: list[AppliedSource]
+    model: comfy.model_patcher.ModelPatcher,
+    adapter: Adapter,
+    sources: list[AppliedSource],
+    regions: RegionLayout | None = None,
 ) -> comfy.model_patcher.ModelPatcher:
-    """A clone of `model` whose cross-attention layers also attend to the adapter's sources."""
+    """A clone of `model` whose cross-attention layers also attend to the adapter's sources; sources with a
+    region attend only from that region's tokens (and from the background, as `regions.background` says)."""
     keys = check_fit(model, adapter)
+    regional = sorted({s.region for s in sources if s.region is not None})
+    if regional and (regions is None or regional[-1] >= len(regions.masks)):
+        raise ValueError(f"Sources name regions {regional} but {0 if regions is None else len(regions.masks)} given.")
     patched = model.clone()
-    applied = AppliedAdapter(adapter, sources, adapter_patcher(adapter, model.load_device))
+    applied = AppliedAdapter(adapter, sources, adapter_patcher(adapter, model.load_device), regions)
     existing = patched.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
     for layer, key in enumerate(keys):
         inner = existing.get(key, existing.get(key[:2]))

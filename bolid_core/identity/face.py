@@ -116,9 +116,9 @@ class FaceAnalyzer:
         """images: (N, H, W, C) floats in [0, 1], C = 3 (RGB), 1 (grey) or 4 (RGBA, alpha dropped).
 
         Returns the L2-normalised ArcFace embedding (N, 512) of each image's chosen face (the largest, or with
-        BY_INDEX the `face_index`-th from the left) and its aligned crop (N, crop_size, crop_size, 3) in [0, 1],
-        and each image's detected faces with the one embedded (for previews). `check_interrupt()` runs before and
-        `progress(i, N)` after image i.
+        BY_INDEX the `face_index`-th from the left), its norm before normalisation (N,) and its aligned crop
+        (N, crop_size, crop_size, 3) in [0, 1], and each image's detected faces with the one embedded (for
+        previews). `check_interrupt()` runs before and `progress(i, N)` after image i.
         """
         from insightface.utils import face_align
 
@@ -138,8 +138,12 @@ class FaceAnalyzer:
             located.append(found)
             if progress is not None:
                 progress(index + 1, len(batch))
-        arcface = F.normalize(torch.from_numpy(np.stack(embeddings)), dim=-1)
-        embeds = FaceEmbeds(arcface=arcface, crops=torch.from_numpy(np.stack(crops)).float() / 255.0)
+        raw = torch.from_numpy(np.stack(embeddings))
+        embeds = FaceEmbeds(
+            arcface=F.normalize(raw, dim=-1),
+            crops=torch.from_numpy(np.stack(crops)).float() / 255.0,
+            norms=torch.linalg.vector_norm(raw, dim=-1),  # a face-quality cue, for norm-weighted averaging
+        )
         return embeds, located
 
     def _no_face_message(self, index: int) -> str:

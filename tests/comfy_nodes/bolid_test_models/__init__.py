@@ -3,7 +3,7 @@
 A shipped workflow runs on these when its CheckpointLoaderSimple is swapped for
 BoLIDTestTinyCheckpoint (same outputs in the same order: MODEL, CLIP, VAE, so links stay valid), and
 its CLIPVisionLoader for BoLIDTestTinyClipVision. BoLIDTestConditioningProbe reports what a
-CONDITIONING link carries.
+CONDITIONING link carries; BoLIDTestAttentionProbe what one patched cross-attention layer of a MODEL returns.
 Never install this pack for real work: its models have random weights.
 """
 
@@ -108,9 +108,65 @@ class ConditioningProbe(io.ComfyNode):
         return io.NodeOutput(ui={"bolid_conditioning": entries})
 
 
+class AttentionProbe(io.ComfyNode):
+    """Calls one cross-attention layer's attn2 patch of a MODEL on seeded random Q, K, V of one positive chunk, as
+    the UNet would for a latent of the given size, and reports the output per query token, so a server test can
+    see which tokens an adapter's sources reached."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="BoLIDTestAttentionProbe",
+            display_name="Attention Probe (test only)",
+            category="BoLID/testing",
+            inputs=[
+                io.Model.Input("model"),
+                io.Int.Input("layer", default=0, min=0, max=255, tooltip="Index into the patched layers, sorted."),
+                io.Int.Input("latent_width", default=16, min=1, max=512),
+                io.Int.Input("latent_height", default=16, min=1, max=512),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1),
+            ],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, model, layer: int, latent_width: int, latent_height: int, seed: int) -> io.NodeOutput:
+        import math
+
+        import torch
+        from comfy.ldm.modules.attention import BasicTransformerBlock
+
+        patches = model.model_options["transformer_options"]["patches_replace"]["attn2"]
+        key = sorted(patches)[layer]
+        name, number, index = key
+        unet = model.get_model_object("diffusion_model")
+        block = {"input": unet.input_blocks, "output": unet.output_blocks}.get(name, [unet.middle_block])[number]
+        attention = [m for m in block.modules() if isinstance(m, BasicTransformerBlock)][index].attn2
+        width, heads = attention.to_q.out_features, attention.heads
+        height, grid_width = latent_height, latent_width
+        levels = {"input": number // 3, "output": 2 - number // 3}.get(name, 2)
+        for _ in range(levels):
+            height, grid_width = math.ceil(height / 2), math.ceil(grid_width / 2)
+        generator = torch.Generator().manual_seed(seed)
+        q = torch.randn(1, height * grid_width, width, generator=generator)
+        k, v = (torch.randn(1, 77, width, generator=generator) for _ in range(2))
+        options = {
+            "n_heads": heads,
+            "cond_or_uncond": [0],
+            "sigmas": torch.tensor([1.0]),
+            "original_shape": [1, 4, latent_height, latent_width],
+            "block": (name, number),
+            "transformer_index": index,
+        }
+        with torch.no_grad():
+            out = patches[key](q, k, v, options)
+        report = {"key": list(key), "grid": [height, grid_width], "output": out[0].tolist()}
+        return io.NodeOutput(ui={"bolid_attention": [report]})
+
+
 class TinyModelsExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [TinyCheckpoint, TinyClipVision, TinyConditioning, ConditioningProbe]
+        return [TinyCheckpoint, TinyClipVision, TinyConditioning, ConditioningProbe, AttentionProbe]
 
 
 async def comfy_entrypoint() -> TinyModelsExtension:
