@@ -7,7 +7,6 @@ own execution module.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import sys
 
 import pytest
@@ -17,16 +16,9 @@ NODE_IDS = ("BoLIDIdentityMix", "BoLIDFacesOfOnePerson")
 
 
 @pytest.fixture()
-def identity_nodes(comfy_nodes: dict, monkeypatch: pytest.MonkeyPatch) -> dict:
-    """The identity node classes of the pack ComfyUI loaded, registered for this test if the pack does not yet."""
-    if all(node_id in comfy_nodes for node_id in NODE_IDS):
-        return {node_id: comfy_nodes[node_id] for node_id in NODE_IDS}
-    package = sys.modules[comfy_nodes["BoLIDFaceEmbed"].__module__].__name__.rsplit(".", 1)[0]
-    module = importlib.import_module(f"{package}.identity")
-    nodes = {"BoLIDIdentityMix": module.IdentityMix, "BoLIDFacesOfOnePerson": module.FacesOfOnePerson}
-    for node_id, node in nodes.items():
-        monkeypatch.setitem(comfy_nodes, node_id, node)
-    return nodes
+def identity_nodes(comfy_nodes: dict) -> dict:
+    """The identity node classes as the pack registered them with ComfyUI."""
+    return {node_id: comfy_nodes[node_id] for node_id in NODE_IDS}
 
 
 def pack_classes(identity_nodes: dict):

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,20 +10,13 @@ import pytest
 import torch
 from segmentation_factories import person_seg_model, plain_seg_model
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-NODE_IDS = {"BoLIDSegmentationModelLoader": "SegmentationModelLoader", "BoLIDPersonRegions": "PersonRegions"}
+NODE_IDS = ("BoLIDSegmentationModelLoader", "BoLIDPersonRegions")
 
 
 @pytest.fixture()
 def nodes(comfy_nodes: dict) -> dict:
-    """The registered classes, or, until the pack lists them, the same classes from the pack ComfyUI loaded."""
-    pack = next(
-        name
-        for name, module in list(sys.modules.items())
-        if getattr(module, "__file__", None) and Path(module.__file__).resolve() == REPO_ROOT / "__init__.py"
-    )
-    module = importlib.import_module(f"{pack}.nodes.segmentation")
-    return {node_id: comfy_nodes.get(node_id) or getattr(module, name) for node_id, name in NODE_IDS.items()}
+    """The node classes as the pack registered them with ComfyUI."""
+    return {node_id: comfy_nodes[node_id] for node_id in NODE_IDS}
 
 
 @pytest.fixture(scope="module")
