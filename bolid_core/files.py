@@ -1,4 +1,5 @@
-"""Writing the pack's files: safetensors, atomically (temporary file, then rename)."""
+"""Writing the pack's files atomically: a temporary file in the same folder, flushed to disk, then renamed, so a
+reader sees the old file or the complete new one, never a part, even if the process dies or the power fails."""
 
 from __future__ import annotations
 
@@ -9,25 +10,44 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
+
+
+def fsync_folder(path: str | os.PathLike) -> None:
+    """Flush a folder's entries (a rename into it) to disk."""
+    if os.name == "nt":  # folders cannot be opened for fsync on Windows; NTFS journals the rename
+        return
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` so that `path` is either the old file or the complete new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+        fsync_folder(path.parent)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    return path
 
 
 def save_safetensors_atomic(
     tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]
 ) -> Path:
     """Write `tensors` with `metadata` so that `path` is either the old file or the complete new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     contiguous = {key: value.detach().to("cpu").contiguous() for key, value in tensors.items()}
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        save_file(contiguous, temporary, metadata=metadata)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-    return path
+    return write_bytes_atomic(path, safetensors_bytes(contiguous, metadata=metadata))
 
 
 def read_pack_file(path: str | os.PathLike, file_format: str, version: int, what: str) -> tuple[dict, dict[str, str]]:
@@ -50,17 +70,7 @@ def read_pack_file(path: str | os.PathLike, file_format: str, version: int, what
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-    return path
+    return write_bytes_atomic(path, text.encode("utf-8"))
 
 
 class PlainWeightsError(ValueError):

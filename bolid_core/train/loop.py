@@ -1,0 +1,313 @@
+"""The trainer loop every host shares: data order, gradient accumulation, AdamW and its LR schedule, clipping,
+mixed precision, checkpoints, exact resume and interruption.
+
+A host (the ComfyUI node, the diffusers CLI) supplies the modules to train and `compute_loss`, which runs its
+networks on a batch and returns the loss terms; the core owns everything else. Exact resume: the data order is a
+permutation per epoch drawn from a generator seeded with seed + epoch, so the position (epoch, index) is enough to
+continue it; the generator handed to `compute_loss` (timesteps, noise, dropout) and the global torch / python /
+numpy RNGs are checkpointed with the weights, optimizer and scheduler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import typing
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import MixedPrecision, Schedule, TrainConfig
+from .state import (
+    CheckpointError,
+    TrainingState,
+    capture_rng,
+    latest_checkpoint,
+    load_checkpoint,
+    load_module_weights,
+    restore_rng,
+    save_checkpoint,
+)
+
+LossFunction = typing.Callable[[typing.Any, int, torch.Generator], typing.Mapping[str, torch.Tensor]]
+ProgressCallback = typing.Callable[[int, int, dict[str, float]], None]
+# Raises to interrupt (ComfyUI's throw_exception_if_processing_interrupted), or returns True.
+InterruptCheck = typing.Callable[[], typing.Any]
+
+
+class TrainingInterrupted(RuntimeError):
+    """The interruption check asked to stop; the last completed step is checkpointed."""
+
+
+def lr_factor(schedule: Schedule, step: int, warmup_steps: int, max_steps: int) -> float:
+    """Multiplier of the base learning rate for the update after `step` completed updates. Warmup ramps linearly
+    so that update `warmup_steps` (1-based) is the first at the full rate; cosine decays to 0 at max_steps."""
+    if schedule is Schedule.CONSTANT:
+        return 1.0
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule is Schedule.LINEAR_WARMUP:
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class _Boundary(typing.NamedTuple):
+    """What the trainer was at the end of the last completed step: where an interrupted run saves and rewinds to."""
+
+    epoch: int
+    index: int
+    rng: dict
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: TrainConfig,
+        modules: typing.Mapping[str, nn.Module],
+        dataset: typing.Sequence,
+        compute_loss: LossFunction,
+        collate: typing.Callable[[list], typing.Any] = list,
+        *,
+        checkpoint_dir: str | os.PathLike | None = None,
+        progress: ProgressCallback | None = None,
+        check_interrupt: InterruptCheck | None = None,
+        generator_device: str | torch.device = "cpu",
+    ) -> None:
+        """`modules` are what is trained and saved, by name (no dots). Seeds the global RNGs from config.seed."""
+        if not modules:
+            raise ValueError("Trainer needs at least one module to train.")
+        dotted = [name for name in modules if not name or "." in name]
+        if dotted:
+            raise ValueError(f"Module names {dotted} are keys of the checkpoint; use names without dots.")
+        if len(dataset) < config.steps.batch_size:
+            raise ValueError(
+                f"The dataset has {len(dataset)} examples, fewer than steps.batch_size = {config.steps.batch_size}; "
+                "add examples or lower the batch size."
+            )
+        self.config, self.modules, self.dataset = config, dict(modules), dataset
+        self.compute_loss, self.collate = compute_loss, collate
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.progress, self.check_interrupt = progress, check_interrupt
+
+        unique = {id(p): p for module in self.modules.values() for p in module.parameters() if p.requires_grad}
+        self.parameters = list(unique.values())
+        if not self.parameters:
+            raise ValueError("None of the modules has a parameter with requires_grad; nothing to train.")
+        opt = config.optimizer
+        self.optimizer = torch.optim.AdamW(
+            self.parameters, lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay, eps=opt.eps
+        )
+        schedule = config.schedule
+
+        def factor(step: int) -> float:
+            return lr_factor(schedule.kind, step, schedule.warmup_steps, config.steps.max_steps)
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+
+        device = self.parameters[0].device
+        self.autocast_dtype = None
+        if device.type == "cuda" and config.mixed_precision is not MixedPrecision.NO:
+            self.autocast_dtype = torch.float16 if config.mixed_precision is MixedPrecision.FP16 else torch.bfloat16
+        self.device = device
+        self.scaler = torch.amp.GradScaler("cuda") if self.autocast_dtype is torch.float16 else None
+
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+        np.random.seed(config.seed % 2**32)
+        self.generator = torch.Generator(device=generator_device).manual_seed(config.seed)
+        self.step, self.epoch, self.index = 0, 0, 0
+        self.history: list[dict[str, float]] = []
+        self.saved_step: int | None = None
+        self._order: tuple[int, list[int]] | None = None
+        self._interrupted = False
+        self._updating = False
+
+    # data order
+
+    def _permutation(self, epoch: int) -> list[int]:
+        if self._order is None or self._order[0] != epoch:
+            generator = torch.Generator().manual_seed(self.config.seed + epoch)
+            self._order = (epoch, torch.randperm(len(self.dataset), generator=generator).tolist())
+        return self._order[1]
+
+    def _next_batch(self):
+        size = self.config.steps.batch_size
+        if self.index + size > len(self.dataset):  # the incomplete tail of an epoch is skipped: constant shapes
+            self.epoch, self.index = self.epoch + 1, 0
+        chosen = self._permutation(self.epoch)[self.index : self.index + size]
+        self.index += size
+        return self.collate([self.dataset[i] for i in chosen])
+
+    # interruption
+
+    def _check(self) -> None:
+        if self.check_interrupt is None:
+            return
+        try:
+            stop = self.check_interrupt()
+        except BaseException:
+            self._interrupted = True
+            raise
+        if stop:
+            self._interrupted = True
+            raise TrainingInterrupted(f"Training interrupted after step {self.step}.")
+
+    def _report(self, record: dict[str, float]) -> None:
+        """Hosts' progress hooks may check for Cancel (ComfyUI's does): what they raise is an interruption."""
+        if self.progress is None:
+            return
+        try:
+            self.progress(self.step, self.config.steps.max_steps, record)
+        except BaseException:
+            self._interrupted = True
+            raise
+
+    def _boundary(self) -> _Boundary:
+        return _Boundary(self.epoch, self.index, capture_rng(self.generator))
+
+    def _rewind(self, boundary: _Boundary) -> None:
+        """Back to the end of the last completed step: the micro-batches of an unfinished step are redone."""
+        self.epoch, self.index = boundary.epoch, boundary.index
+        restore_rng(boundary.rng, self.generator)
+        self.optimizer.zero_grad(set_to_none=True)
+
+    # one step
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def _micro_batch(self, sums: dict[str, torch.Tensor]) -> None:
+        batch = self._next_batch()
+        with self._autocast():
+            losses = self.compute_loss(batch, self.step, self.generator)
+        if not isinstance(losses, typing.Mapping) or "loss" not in losses:
+            raise ValueError('compute_loss must return a dict of loss tensors with the total under "loss".')
+        total = losses["loss"]
+        if not isinstance(total, torch.Tensor) or total.ndim != 0 or not total.requires_grad:
+            raise ValueError('compute_loss\'s "loss" must be a scalar tensor that depends on the trained modules.')
+        scaled = total.float() / self.config.steps.grad_accumulation
+        (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        for key, value in losses.items():
+            value = value.detach().float() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+            sums[key] = sums[key] + value if key in sums else value
+
+    def _update(self, sums: dict[str, torch.Tensor]) -> dict[str, float]:
+        accumulation = self.config.steps.grad_accumulation
+        record = {key: (value / accumulation).item() for key, value in sums.items()}
+        if self.scaler is None and not math.isfinite(record["loss"]):
+            raise RuntimeError(
+                f"The loss is {record['loss']} at step {self.step + 1}; lower optimizer.lr (or enable clipping) and "
+                "resume from the last checkpoint."
+            )
+        self._updating = True
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if self.config.optimizer.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.parameters, self.config.optimizer.max_grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.history.append(record)
+        self._updating = False
+        return record
+
+    def train(self, until_step: int | None = None) -> list[dict[str, float]]:
+        """Train to config.steps.max_steps (or `until_step`, if smaller); returns the loss history, one dict of loss
+        terms per optimizer step, each the mean over its micro-batches. Checkpoints every checkpoint.every_steps and
+        at the end. Interrupted (the check or the progress hook raising, the check returning True, Ctrl-C), it
+        checkpoints the last completed step, rewinds to it (a later train() redoes the unfinished step) and
+        re-raises."""
+        target = self.config.steps.max_steps if until_step is None else min(until_step, self.config.steps.max_steps)
+        for module in self.modules.values():
+            module.train()
+        self._interrupted = False
+        every = self.config.checkpoint.every_steps
+        boundary = self._boundary()
+        try:
+            while self.step < target:
+                sums: dict[str, torch.Tensor] = {}
+                for _ in range(self.config.steps.grad_accumulation):
+                    self._check()
+                    self._micro_batch(sums)
+                record = self._update(sums)
+                boundary = self._boundary()
+                self._report(record)
+                if self.checkpoint_dir is not None and self.step % every == 0:
+                    self._save(boundary)
+            if self.checkpoint_dir is not None and self.saved_step != self.step:
+                self._save(boundary)
+        except BaseException as error:
+            if not self._updating:
+                self._rewind(boundary)
+                interrupted = self._interrupted or isinstance(error, (KeyboardInterrupt, TrainingInterrupted))
+                if interrupted and self.config.checkpoint.on_interrupt and self.checkpoint_dir is not None:
+                    if self.saved_step != self.step:
+                        self._save(boundary)
+            raise
+        return self.history
+
+    # checkpoints
+
+    def _save(self, boundary: _Boundary) -> Path:
+        state = TrainingState(
+            step=self.step,
+            epoch=boundary.epoch,
+            index=boundary.index,
+            dataset_size=len(self.dataset),
+            history=list(self.history),
+            config=self.config.to_dict(),
+        )
+        optimizer_state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+        }
+        path = save_checkpoint(
+            self.checkpoint_dir, state, self.modules, optimizer_state, boundary.rng, self.config.checkpoint.keep_last
+        )
+        self.saved_step = self.step
+        return path
+
+    def save(self) -> Path:
+        """Checkpoint the current (completed) step into checkpoint_dir."""
+        if self.checkpoint_dir is None:
+            raise ValueError("This trainer has no checkpoint_dir; pass one to save checkpoints.")
+        return self._save(self._boundary())
+
+    def resume(self, checkpoint: str | os.PathLike | None = None) -> Path | None:
+        """Continue from `checkpoint`, or from the newest complete one in checkpoint_dir; None when there is none."""
+        if checkpoint is None:
+            if self.checkpoint_dir is None:
+                raise ValueError("Pass a checkpoint, or a checkpoint_dir to resume from its newest checkpoint.")
+            checkpoint = latest_checkpoint(self.checkpoint_dir)
+            if checkpoint is None:
+                return None
+        loaded = load_checkpoint(checkpoint)
+        state = loaded.state
+        if state.dataset_size != len(self.dataset):
+            raise CheckpointError(
+                f"{loaded.path.name} was trained on {state.dataset_size} examples, this dataset has "
+                f"{len(self.dataset)}; resume with the same dataset, or start a new run in another folder."
+            )
+        load_module_weights(self.modules, loaded.weights)
+        self.optimizer.load_state_dict(loaded.optimizer_state["optimizer"])
+        self.scheduler.load_state_dict(loaded.optimizer_state["scheduler"])
+        if self.scaler is not None and loaded.optimizer_state["scaler"]:
+            self.scaler.load_state_dict(loaded.optimizer_state["scaler"])
+        restore_rng(loaded.rng_state, self.generator)
+        self.step, self.epoch, self.index = state.step, state.epoch, state.index
+        self.history = list(state.history)
+        self.saved_step = state.step
+        return loaded.path
