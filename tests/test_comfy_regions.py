@@ -55,9 +55,9 @@ def token_column(token: int) -> int:
     return token % GRID
 
 
-def call(patched, q, k, v, cond_or_uncond=(0,)):
+def call(patched, q, k, v, cond_or_uncond=(0,), **extra):
     patch = patched.model_options["transformer_options"]["patches_replace"]["attn2"][KEY]
-    options = {
+    options = extra | {
         "n_heads": q.shape[-1] // 64,
         "cond_or_uncond": list(cond_or_uncond),
         "sigmas": torch.full((q.shape[0],), 3.0),
@@ -287,3 +287,28 @@ def test_the_style_image_and_prompt_blend_as_alpha(comfy_nodes, tiny_model, conn
     adapter_term = plain_attention(q, tokens @ layer.to_k.weight.T, tokens @ layer.to_v.weight.T, 1)
     expected = plain_attention(q, k, v, 1) + FACE_WEIGHT * adapter_term
     torch.testing.assert_close(call(patched, q, k, v), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_fastface_am_on_regional_identities_keeps_each_region_to_its_person(comfy_nodes, tiny_model, faceid) -> None:
+    """AM2 as published on the face sources of two regions: every identity is manipulated, none leaks across."""
+    from test_comfy_am import PUBLISHED_INPUTS
+
+    _, adapter = faceid
+    q, k, v = layer_inputs(1)
+    outputs = []
+    for second in (unit_faces(2), unit_faces(3)):
+        regions = regions_from_nodes(comfy_nodes, [{"face_embeds": unit_faces(1)}, {"face_embeds": second}])
+        model = apply(comfy_nodes, tiny_model, adapter, regions, "none")
+        (manipulated,) = (
+            comfy_nodes["BoLIDFastFaceAttention"]
+            .execute(model, preset="AM2 (published)", source="face", **PUBLISHED_INPUTS)
+            .result
+        )
+        patch = manipulated.model_options["transformer_options"]["patches_replace"]["attn2"][KEY]
+        assert all(s.manipulation is not None for s in patch.applied.sources), "AM must reach every person's face"
+        assert [s.region for s in patch.applied.sources] == [0, 1]
+        # The call's sigma 3.0 is step 1 of this schedule: AM2's scale 1.55 and sharpness 5 apply.
+        outputs.append(call(manipulated, q, k, v, sample_sigmas=torch.tensor([5.0, 3.0, 1.0, 0.0]))[0])
+    change = (outputs[0] - outputs[1]).abs().amax(dim=-1).reshape(GRID, GRID)
+    assert change[:, list(REGION_COLUMNS[0])].max() <= 1e-6, "region 0 saw identity 1 change under AM"
+    assert change[:, list(REGION_COLUMNS[1])].min() > 1e-5
