@@ -58,7 +58,9 @@ CACHE_MARKER_NAME = "bolid-train-cache.json"
 CACHE_ENTRIES_FOLDER = "entries"
 _ENCODER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _ENTRY_NAME = re.compile(r"[0-9a-f]{64}\.safetensors")
-_PIL_READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error)
+# ImportError: once ultralytics is imported it patches PIL's Image.open to retry an unknown format through pi_heif,
+# which raises ModuleNotFoundError where pi_heif is not installed, instead of PIL's UnidentifiedImageError.
+_PIL_READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error, ImportError)
 
 
 class DatasetError(ValueError):
@@ -304,9 +306,9 @@ def _inspect_image(path: Path, label: str, min_side: int, problems: list[str]) -
         problems.append(f"{shown(label)}: too many pixels to read safely ({error}); downscale it.")
         return None
     except _PIL_READ_ERRORS as error:
+        detail = "unknown format" if isinstance(error, ImportError) else f"{type(error).__name__}: {error}"
         problems.append(
-            f"{shown(label)}: not a readable PNG, JPEG or WebP image ({type(error).__name__}: {error}); "
-            "re-export it or remove it."
+            f"{shown(label)}: not a readable PNG, JPEG or WebP image ({detail}); re-export it or remove it."
         )
         return None
     if min(width, height) < min_side:
