@@ -34,7 +34,7 @@ class ConstructorCall:
 
 def checkpoint_with(model_file: Path, folder: Path, extra: object) -> Path:
     """A copy of `model_file` (a checkpoint the test built: trusted) carrying `extra` as one more entry."""
-    checkpoint = torch.load(model_file, weights_only=False, map_location="cpu")
+    checkpoint = torch.load(model_file, weights_only=False, map_location="cpu")  # built by the test itself
     checkpoint["extra"] = extra
     path = folder / f"{model_file.stem}-tampered.pt"
     torch.save(checkpoint, path)

@@ -68,18 +68,28 @@ def pooled_text_embedding(conditioning: list) -> torch.Tensor:
     return pooled[0][:1].float()
 
 
-def _face_tokens(adapter: Adapter, inputs: SourceInputs, face: FaceEmbeds) -> tuple[torch.Tensor, torch.Tensor]:
+StyleEmbeds = tuple[torch.Tensor | None, torch.Tensor | None]  # CLIP image embeds, pooled text embedding
+
+
+def _style_embeds(inputs: SourceInputs) -> StyleEmbeds:
+    """The style parts a FaceStudio adapter fuses with every person's face: encoded once per apply."""
+    clip_embeds = None
+    if inputs.image is not None:
+        clip_embeds = clip_features(_need_clip(inputs, "A style image"), inputs.image, ClipInput.EMBEDS)
+        clip_embeds = clip_embeds.mean(dim=0, keepdim=True)
+    text = pooled_text_embedding(inputs.style_prompt) if inputs.style_prompt is not None else None
+    return clip_embeds, text
+
+
+def _face_tokens(
+    adapter: Adapter, inputs: SourceInputs, face: FaceEmbeds, style: StyleEmbeds | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Identity tokens of one person; several photos mixed into one identity (FaceEmbeds.weights) are mixed
     as embeddings, before the projection (FaceStudio's e = sum beta_i e_i)."""
     spec = adapter.spec
     arcface = face.mix(face.arcface)
     if spec.has_fusion:
-        clip_embeds = None
-        if inputs.image is not None:
-            clip_embeds = clip_features(_need_clip(inputs, "A style image"), inputs.image, ClipInput.EMBEDS)
-            clip_embeds = clip_embeds.mean(dim=0, keepdim=True)
-        text = pooled_text_embedding(inputs.style_prompt) if inputs.style_prompt is not None else None
-        return hybrid_face_tokens(adapter, arcface, clip_embeds, text, inputs.style_image_share)
+        return hybrid_face_tokens(adapter, arcface, *style, inputs.style_image_share)
     clip_on = clip_off = None
     if spec.kind == AdapterKind.FACEID_PLUS:
         clip = _need_clip(inputs, "A FaceID-Plus adapter")
@@ -90,14 +100,16 @@ def _face_tokens(adapter: Adapter, inputs: SourceInputs, face: FaceEmbeds) -> tu
     return face_tokens(adapter, arcface, clip_on, clip_off, inputs.faceid_v2_shortcut)
 
 
-def _tokens(adapter: Adapter, source: Source, inputs: SourceInputs) -> tuple[torch.Tensor, torch.Tensor]:
+def _tokens(
+    adapter: Adapter, source: Source, inputs: SourceInputs, style: StyleEmbeds | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     spec = adapter.spec
     if source == Source.IMAGE:  # by value: a test may hold the enums of a second import of the pack
         clip = _need_clip(inputs, "A reference image")
         on = clip_features(clip, inputs.image, spec.clip_input)
         return image_tokens(adapter, on, null_clip_features(clip, spec.clip_input, on))
     if source == Source.FACE:
-        return _face_tokens(adapter, inputs, inputs.face)
+        return _face_tokens(adapter, inputs, inputs.face, style)
     return body_tokens(adapter, inputs.body.c_body)
 
 
@@ -173,20 +185,27 @@ def applied_sources(
         float(sampling.percent_to_sigma(inputs.end_percent)),
     )
     mask = inputs.mask[None] if inputs.mask is not None and inputs.mask.ndim == 2 else inputs.mask
-    sources = [_applied(adapter, source, inputs, window, mask, None) for source in active]
+    style = _style_embeds(inputs) if adapter.spec.has_fusion else None
+    sources = [_applied(adapter, source, inputs, style, window, mask, None) for source in active]
     for number, region in enumerate(regions):
         person = dataclasses.replace(inputs, face=region.face, body=region.body)
         for source, value in ((Source.FACE, region.face), (Source.BODY, region.body)):
             if value is not None:
-                sources.append(_applied(adapter, source, person, window, None, number))
+                sources.append(_applied(adapter, source, person, style, window, None, number))
     layout = RegionLayout(tuple(r.mask for r in regions), inputs.region_background) if regions else None
     return sources, layout
 
 
 def _applied(
-    adapter: Adapter, source: Source, inputs: SourceInputs, window: tuple[float, float], mask, region: int | None
+    adapter: Adapter,
+    source: Source,
+    inputs: SourceInputs,
+    style: StyleEmbeds | None,
+    window: tuple[float, float],
+    mask,
+    region: int | None,
 ) -> AppliedSource:
-    on, off = _tokens(adapter, source, inputs)
+    on, off = _tokens(adapter, source, inputs, style)
     return AppliedSource(
         source, combine_references(on, inputs.combine),
         # The null branch needs as many tokens as the ID branch: they share one batched call.

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..choices import enum_member
 from ..file_names import check_name, shown
 from ..images import to_uint8_bgr
 from .embeds import FaceEmbeds
@@ -123,7 +124,7 @@ class FaceAnalyzer:
         from insightface.utils import face_align
 
         _check_crop_size(crop_size)
-        choice = _as_choice(choice)
+        choice = enum_member(FaceChoice, choice, "face choice")
         if isinstance(face_index, bool) or not isinstance(face_index, (int, np.integer)) or face_index < 0:
             raise ValueError(f"Face index must be a whole number from 0 (the leftmost face); got {face_index!r}.")
         batch = to_uint8_bgr(images)
@@ -208,7 +209,7 @@ def onnx_providers(provider: ExecutionProvider | str) -> list[str]:
     """ONNX Runtime provider list for `provider` (with CPU fallback); a clear error if it is not installed."""
     import onnxruntime
 
-    provider = _as_provider(provider)
+    provider = enum_member(ExecutionProvider, provider, "execution provider", list_names=True)
     available = onnxruntime.get_available_providers()
     if provider.value not in available:
         raise FaceModelError(
@@ -217,16 +218,6 @@ def onnx_providers(provider: ExecutionProvider | str) -> list[str]:
             "your hardware (e.g. onnxruntime-gpu for CUDA)."
         )
     return [provider.value] if provider is ExecutionProvider.CPU else [provider.value, ExecutionProvider.CPU.value]
-
-
-def _as_provider(provider: ExecutionProvider | str) -> ExecutionProvider:
-    if isinstance(provider, ExecutionProvider):
-        return provider
-    for member in ExecutionProvider:
-        if provider in (member.name, member.value):
-            return member
-    names = ", ".join(member.name for member in ExecutionProvider)
-    raise ValueError(f"Unknown execution provider {shown(provider)}; use one of {names}.")
 
 
 def left_to_right(boxes: np.ndarray) -> np.ndarray:
@@ -244,16 +235,6 @@ def _as_face(boxes: np.ndarray, landmarks: np.ndarray, k: int) -> Any:
     from insightface.app.common import Face
 
     return Face(bbox=boxes[k, :4], kps=landmarks[k], det_score=boxes[k, 4])
-
-
-def _as_choice(choice: FaceChoice | str) -> FaceChoice:
-    if isinstance(choice, FaceChoice):
-        return choice
-    for member in FaceChoice:
-        if choice in (member.name, member.value):
-            return member
-    names = ", ".join(member.value for member in FaceChoice)
-    raise ValueError(f"Unknown face choice {shown(choice)}; use one of {names}.")
 
 
 def _check_crop_size(crop_size: int) -> None:

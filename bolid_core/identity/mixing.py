@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..body.body_id import BodyID, blend_body_ids
+from ..choices import enum_member
 from .embeds import FaceEmbeds
 
 # ArcFace cosine between two photos of one person is typically above 0.4, between strangers about 0 (±0.1);
@@ -108,7 +109,7 @@ def mix_identities(
 def combine_photos(faces: FaceEmbeds, mode: PhotoCombine | str, drop: Sequence[int] = ()) -> FaceEmbeds:
     """Photos of one person → one identity: the faces not in `drop`, weighted equally (AVERAGE) or by their raw
     ArcFace norm (NORM_WEIGHTED, w_i = ‖a_i‖ / Σ_j ‖a_j‖)."""
-    mode = _as_combine(mode)
+    mode = enum_member(PhotoCombine, mode, "way to combine photos")
     if faces.weights is not None:
         raise ValueError(
             "These face embeddings are already one mixed identity: combine each person's photos before mixing "
@@ -240,12 +241,3 @@ def _joined_crops(faces: list[FaceEmbeds], device: torch.device) -> torch.Tensor
 
 def _joined(device: torch.device, parts: list[torch.Tensor | None]) -> torch.Tensor | None:
     return None if any(p is None for p in parts) else torch.cat([p.to(device) for p in parts])
-
-
-def _as_combine(mode: PhotoCombine | str) -> PhotoCombine:
-    if isinstance(mode, PhotoCombine):
-        return mode
-    for member in PhotoCombine:
-        if mode in (member.name, member.value):
-            return member
-    raise ValueError(f"Unknown way to combine photos {mode!r}; use one of {', '.join(m.value for m in PhotoCombine)}.")
