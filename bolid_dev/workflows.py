@@ -21,6 +21,8 @@ TINY_STAND_INS = {BASE_MODEL_LOADER: TINY_LOADER, "CLIPVisionLoader": "BoLIDTest
 RANDOM_MODEL_SETTINGS = {
     "BoLIDBodyIDFromImages": {"detection_confidence": 1e-4, "keypoint_confidence": 0.3},
     "BoLIDPersonRegions": {"confidence": 1e-4},
+    # The shipped training run is 2000 steps at 1024²; on tiny models a few steps at 64² show it works.
+    "BoLIDTrainAdapter": {"steps": 2, "resolution": 64, "grad_accumulation": 1, "checkpoint_every": 1000},
 }
 _SDXL_ADM_WIDTH = 2816  # SDXL's label_emb input: pooled CLIP-G (1280) + 6 size/crop embeddings
 

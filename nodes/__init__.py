@@ -20,6 +20,7 @@ from .identity import FacesOfOnePerson, IdentityMix
 from .keypoints import KeypointsFromJSON, KeypointWeighting
 from .regions import AddRegion, RegionsPreview
 from .segmentation import PersonRegions, SegmentationModelLoader
+from .training import TrainAdapter
 
 
 class BoLIDExtension(ComfyExtension):
@@ -28,5 +29,5 @@ class BoLIDExtension(ComfyExtension):
             KeypointsFromJSON, KeypointWeighting, AdapterLoader, ApplyAdapter, InsightFaceLoader, FaceEmbed,
             PoseModelLoader, BodyEncoderLoader, BodyIDFromImages, SaveBodyID, LoadBodyID, RandomBodyID, BlendBodyIDs,
             DecoupledCFGGuider, FastFaceAttention, FastFaceMetrics, IdentityMix, FacesOfOnePerson,
-            SegmentationModelLoader, PersonRegions, AddRegion, RegionsPreview,
+            SegmentationModelLoader, PersonRegions, AddRegion, RegionsPreview, TrainAdapter,
         ]  # fmt: skip

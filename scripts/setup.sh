@@ -82,12 +82,12 @@ PYEOF
 fi
 
 stamp_file="$VENV/.bolid-requirements"
-stamp="$( { cat "$COMFY_DIR/requirements.txt" "$ROOT/requirements.txt" "$ROOT/requirements-dev.txt"; echo "$COMFY_DIR"; } | sha256sum | cut -d' ' -f1)"
+stamp="$( { cat "$COMFY_DIR/requirements.txt" "$ROOT/requirements.txt" "$ROOT/requirements-train.txt" "$ROOT/requirements-dev.txt"; echo "$COMFY_DIR"; } | sha256sum | cut -d' ' -f1)"
 if [[ "$(cat "$stamp_file" 2>/dev/null)" != "$stamp" ]]; then
   say "installing ComfyUI's requirements, the pack's and the dev tools"
   # torch is already there; torchaudio is optional (only the audio nodes need it).
   grep -viE '^\s*(torch|torchvision|torchaudio)\s*([<>=!~].*)?$' "$COMFY_DIR/requirements.txt" > "$VENV/comfyui-requirements.txt"
-  quiet_pip "${PIP[@]}" -r "$VENV/comfyui-requirements.txt" -r "$ROOT/requirements.txt" -r "$ROOT/requirements-dev.txt"
+  quiet_pip "${PIP[@]}" -r "$VENV/comfyui-requirements.txt" -r "$ROOT/requirements.txt" -r "$ROOT/requirements-train.txt" -r "$ROOT/requirements-dev.txt"
   echo "$stamp" > "$stamp_file"
 fi
 

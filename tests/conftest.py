@@ -128,6 +128,22 @@ def _install_test_assets(base: Path) -> None:
     _install_body_assets(base)
     _install_face_assets(base)
     _install_region_assets(base)
+    _install_training_assets(base)
+
+
+def _install_training_assets(base: Path) -> None:
+    """The shipped training workflow's dataset: two people, two random views each, a caption per person."""
+    import numpy as np
+    from PIL import Image
+
+    root = base / "input" / "bolid_datasets" / "bolid_example_people"
+    rng = np.random.default_rng(0)
+    for person in ("ann", "bob"):
+        (root / person).mkdir(parents=True, exist_ok=True)
+        for view in range(2):
+            pixels = rng.integers(0, 255, (80, 64, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / person / f"view_{view}.png")
+        (root / person / "caption.txt").write_text(f"a photo of {person}")
 
 
 def _install_region_assets(base: Path) -> None:

@@ -81,7 +81,10 @@ def test_yaml_without_pyyaml_says_what_to_install(tmp_path, monkeypatch):
 
 
 BAD_TOML = [
-    ("sed = 1", "train.toml: sed is not a known key; remove it or use one of checkpoint, dropout,"),
+    (
+        "sed = 1",
+        "train.toml: sed is not a known key; remove it or use one of adapter, body, checkpoint, data, dropout,",
+    ),
     ("[optimizer]\nlrate = 1e-4", "train.toml: optimizer.lrate is not a known key; remove it or use one of betas, eps"),
     ("[optimizer]\nlr = nan", "train.toml: optimizer.lr is nan; write a finite number."),
     ("[optimizer]\nweight_decay = inf", "train.toml: optimizer.weight_decay is inf; write a finite number."),

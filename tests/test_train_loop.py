@@ -259,3 +259,21 @@ def test_warmup_schedule_config_reaches_the_trainer():
     model = nn.Linear(1, 1)
     trainer = Trainer(config, {"m": model}, [torch.ones(1)], lambda b, s, g: {"loss": model(b[0]).sum()})
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.25)
+
+
+def test_clip_gradients_scales_only_above_the_bound_as_the_norm_formula_says():
+    from bolid_core.train.loop import clip_gradients
+
+    a, b, untouched = torch.zeros(3, requires_grad=True), torch.zeros(2, 2, requires_grad=True), torch.zeros(2)
+    untouched.requires_grad_(True)
+    a.grad, b.grad = torch.tensor([3.0, 0.0, 4.0]), torch.tensor([[0.0, 12.0], [0.0, 0.0]])
+    norm = clip_gradients([a, b, untouched], max_norm=6.5)
+    assert abs(float(norm) - 13.0) < 1e-6  # sqrt(9 + 16 + 144)
+    factor = 6.5 / (13.0 + 1e-6)
+    assert torch.allclose(a.grad, torch.tensor([3.0, 0.0, 4.0]) * factor)
+    assert torch.allclose(b.grad, torch.tensor([[0.0, 12.0], [0.0, 0.0]]) * factor)
+    assert untouched.grad is None
+    a.grad = torch.tensor([0.3, 0.4, 0.0])
+    kept = a.grad.clone()
+    clip_gradients([a], max_norm=1.0)
+    assert torch.equal(a.grad, kept)  # within the bound: bit for bit the same

@@ -29,6 +29,8 @@ class SourceKV:
     scale: (batch,) lambda_s per sample; 0 switches the source off for that sample.
     mask: optional (batch or 1, queries) weight per query position, e.g. a region mask.
     hook: optional transform of this source's attention map, and AdaIN of its output (FastFace AM).
+    known_active: the caller knows some sample's scale is non-zero, so the check (a device sync on a GPU, once per
+        source and layer) is skipped.
     """
 
     key: torch.Tensor
@@ -36,6 +38,7 @@ class SourceKV:
     scale: torch.Tensor
     mask: torch.Tensor | None = None
     hook: MapHook | None = None
+    known_active: bool = False
 
 
 def _heads(x: torch.Tensor, batch: int, heads: int) -> torch.Tensor:
@@ -48,7 +51,7 @@ def adapter_attention(query: torch.Tensor, sources: Sequence[SourceKV], heads: i
     batch, queries, width = query.shape
     if width % heads:
         raise ValueError(f"Query width {width} is not divisible by {heads} heads.")
-    active = [s for s in sources if bool((s.scale != 0).any())]
+    active = [s for s in sources if s.known_active or bool((s.scale != 0).any())]
     if not active:
         return torch.zeros_like(query)
     for source in active:

@@ -134,16 +134,20 @@ def _switched_on(extra_options: dict, cond_index: int, switch_name: str) -> bool
     return cond_index == 0  # ComfyUI's CFGGuider: 0 is the positive cond, 1 the negative
 
 
+def wrapped_attention(inner: Callable | None, q, k, v, extra_options: dict) -> torch.Tensor:
+    """What the layer computes without our patch: the patch we wrap (another adapter's), or ComfyUI's attention."""
+    if inner is not None:
+        return inner(q, k, v, extra_options)
+    return optimized_attention(q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"))
+
+
 class AdapterAttentionPatch:
     def __init__(self, applied: AppliedAdapter, layer: int, inner: Callable | None) -> None:
         self.applied, self.layer, self.inner = applied, layer, inner
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
         heads = extra_options["n_heads"]
-        if self.inner is not None:
-            out = self.inner(q, k, v, extra_options)
-        else:
-            out = optimized_attention(q, k, v, heads, attn_precision=extra_options.get("attn_precision"))
+        out = wrapped_attention(self.inner, q, k, v, extra_options)
         sources = self._sources(q, extra_options)
         if not sources:
             return out
@@ -171,7 +175,8 @@ class AdapterAttentionPatch:
             latent_hw = tuple(extra_options["original_shape"][-2:])
             mask = self.applied.mask(index, latent_hw, q.shape[1], len(chunks), per_chunk, q)
             hook = applied.manipulation.bind(extra_options["block"][0], step) if applied.manipulation else None
-            sources.append(SourceKV(torch.cat(keys), torch.cat(values), applied.weight * in_window.float(), mask, hook))
+            scale = applied.weight * in_window.float()
+            sources.append(SourceKV(torch.cat(keys), torch.cat(values), scale, mask, hook, known_active=True))
         return sources
 
     def to(self, device: torch.device) -> AdapterAttentionPatch:

@@ -155,3 +155,90 @@ def clip_scorer_path(name: str) -> str:
     if not name or os.path.commonpath([path, root]) != root or path == root:
         raise ValueError(f"'{name}' is not a folder inside models/clip_scorers; pick one from the list.")
     return path
+
+
+# Training: datasets are folders of input/bolid_datasets; runs (checkpoints, cache) live in output/bolid_training,
+# never in models/bolid, whose combos list every .safetensors below it.
+DATASETS_FOLDER = "bolid_datasets"
+TRAINING_FOLDER = "bolid_training"
+TRAINING_CACHE = ".cache"
+
+
+def dataset_choices() -> list[str]:
+    root = os.path.join(folder_paths.get_input_directory(), DATASETS_FOLDER)
+    if not os.path.isdir(root):
+        return []
+    return sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith("."))
+
+
+def dataset_path(name: str) -> str:
+    check_name(name, "dataset")
+    root = os.path.realpath(os.path.join(folder_paths.get_input_directory(), DATASETS_FOLDER))
+    path = os.path.realpath(os.path.join(root, name))
+    if os.path.commonpath([path, root]) != root or path == root or not os.path.isdir(path):
+        raise ValueError(f"'{name}' is not a folder of input/{DATASETS_FOLDER}; pick one from the list.")
+    return path
+
+
+def _plain_stem(name: str, what: str) -> str:
+    check_name(name, what)
+    stem = name[: -len(".safetensors")] if name.endswith(".safetensors") else name
+    if not _SAVE_NAME.fullmatch(stem) or stem.endswith("."):
+        raise ValueError(
+            f"'{name}' is not a plain file name: use letters, digits, spaces, '.', '_' or '-' (no folders)."
+        )
+    return stem
+
+
+def adapter_save_path(name: str) -> str:
+    """models/bolid/<name>.safetensors for a plain name; anything path-like is refused."""
+    stem = _plain_stem(name, "adapter")
+    root = os.path.realpath(folder_paths.get_folder_paths("bolid")[0])
+    path = os.path.realpath(os.path.join(root, f"{stem}.safetensors"))
+    if os.path.dirname(path) != root:
+        raise ValueError(f"'{name}' leaves models/bolid; refused.")
+    return path
+
+
+def training_root() -> str:
+    return os.path.join(folder_paths.get_output_directory(), TRAINING_FOLDER)
+
+
+def training_run_dir(name: str) -> str:
+    """output/bolid_training/<adapter name>: the run's checkpoints."""
+    return os.path.join(training_root(), _plain_stem(name, "adapter"))
+
+
+def training_cache_dir() -> str:
+    """One cache for every run: its entries are keyed by image content and encoder, so runs share them."""
+    return os.path.join(training_root(), TRAINING_CACHE)
+
+
+def resumable_runs() -> list[str]:
+    from ..train.state import latest_checkpoint
+
+    root = training_root()
+    if not os.path.isdir(root):
+        return []
+    runs = []
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if entry.is_dir() and not entry.name.startswith(".") and _SAVE_NAME.fullmatch(entry.name):
+            if latest_checkpoint(os.path.join(entry.path, "checkpoints")) is not None:
+                runs.append(entry.name)
+    return runs
+
+
+def training_config_choices() -> list[str]:
+    root = os.path.join(folder_paths.get_folder_paths("bolid")[0], "training")
+    if not os.path.isdir(root):
+        return []
+    return sorted(e.name for e in os.scandir(root) if e.is_file() and e.name.endswith((".toml", ".yaml", ".yml")))
+
+
+def training_config_path(name: str) -> str:
+    check_name(name, "training config")
+    root = os.path.realpath(os.path.join(folder_paths.get_folder_paths("bolid")[0], "training"))
+    path = os.path.realpath(os.path.join(root, name))
+    if os.path.dirname(path) != root or not os.path.isfile(path):
+        raise ValueError(f"'{name}' is not a config file of models/bolid/training; pick one from the list.")
+    return path

@@ -1,8 +1,18 @@
 """Training, host-independent: config, dataset and its preprocessing cache, losses (BoLID eq. 14), condition
-dropout, and the trainer loop with atomic, exactly resumable checkpoints. Hosts (the ComfyUI training node, the
-diffusers + accelerate CLI) supply the modules to train and the denoiser and encoders."""
+dropout, and the trainer loop with atomic, exactly resumable checkpoints. The adapter and body-VAE step every host
+shares is adapter_task; the hosts (bolid_core.comfy.train_host for the ComfyUI node, diffusers_host + cli for
+`accelerate launch -m bolid_core.train`) supply their UNet, encoders and scorers."""
 
-from .config import ConfigError, MixedPrecision, Schedule, TrainConfig, load_config, save_config
+from .adapter_task import (
+    AdapterAttention,
+    AdapterCollate,
+    AdapterTask,
+    AuxiliaryScorers,
+    CacheKeys,
+    NoiseSchedule,
+    TextCondition,
+)
+from .config import ConfigError, MixedPrecision, Schedule, TrainConfig, TrainTarget, load_config, save_config
 from .dataset import (
     BuildInterrupted,
     DatasetError,
@@ -22,9 +32,11 @@ from .losses import AuxLossSchedule, PredictionType, diffusion_target, predicted
 from .state import CheckpointError, latest_checkpoint, load_checkpoint
 
 __all__ = [
-    "AuxLossSchedule", "BuildInterrupted", "CheckpointError", "ConditionDropout", "ConditionSource", "ConfigError",
-    "DatasetError", "DatasetIndex", "Encoder", "EncoderInput", "Example", "MixedPrecision", "PredictionType",
-    "PreprocessedDataset", "Schedule", "TrainConfig", "Trainer", "TrainingInterrupted", "build_cache",
-    "diffusion_target", "drop_conditions", "faceid_reconstruction_inputs", "latest_checkpoint", "load_checkpoint",
-    "load_config", "open_cache", "predicted_x0", "prune_cache", "save_config", "scan_dataset", "total_loss",
+    "AdapterAttention", "AdapterCollate", "AdapterTask", "AuxLossSchedule", "AuxiliaryScorers", "BuildInterrupted",
+    "CacheKeys", "CheckpointError", "ConditionDropout", "ConditionSource", "ConfigError", "DatasetError",
+    "DatasetIndex", "Encoder", "EncoderInput", "Example", "MixedPrecision", "NoiseSchedule", "PredictionType",
+    "PreprocessedDataset", "Schedule", "TextCondition", "TrainConfig", "TrainTarget", "Trainer",
+    "TrainingInterrupted", "build_cache", "diffusion_target", "drop_conditions", "faceid_reconstruction_inputs",
+    "latest_checkpoint", "load_checkpoint", "load_config", "open_cache", "predicted_x0", "prune_cache", "save_config",
+    "scan_dataset", "total_loss",
 ]  # fmt: skip

@@ -35,6 +35,12 @@ class Schedule(str, enum.Enum):
     WARMUP_COSINE = "warmup_cosine"  # linear ramp, then cosine decay to 0 at max_steps
 
 
+class TrainTarget(str, enum.Enum):
+    ADAPTER = "adapter"  # the adapter's projections, fusion layer, text prior and per-layer K/V
+    BODY_VAE = "body_vae"  # the body VAE alone: reconstruction + KL
+    JOINT = "adapter_and_body_vae"  # both, the body vector computed with gradients through the VAE
+
+
 class MixedPrecision(str, enum.Enum):
     NO = "no"
     FP16 = "fp16"  # with a gradient scaler
@@ -105,6 +111,7 @@ class LossConfig(_Checked):
     beta_clip: float = _number(0.1, 0.0)
     clip_every_steps: int = _number(1, 1)
     clip_timesteps: tuple[int, int] = (0, 999)
+    prior_weight: float = _number(1.0, 0.0, why="the text prior's regression onto the image embeds; 0 leaves it out")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -128,6 +135,43 @@ class DropoutConfig(_Checked):
 
 
 @dataclass(frozen=True)
+class DataConfig(_Checked):
+    """Every image is resized to cover resolution × resolution and centre-cropped, so a batch has one latent shape."""
+
+    resolution: int = _number(1024, 64)
+    min_views: int = _number(1, 1)  # a person with fewer images is a dataset error
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.resolution % 64:
+            raise ConfigError(f"is {self.resolution}; use a multiple of 64 (e.g. 512, 768, 1024).", "resolution")
+
+
+@dataclass(frozen=True)
+class AdapterShapeConfig(_Checked):
+    """A new adapter's sources and sizes. The widths it reads (CLIP, ArcFace, body, text) come from the data, and its
+    layers from the model it trains on. A token count of 0 leaves that source out."""
+
+    image_tokens: int = _number(4, 0, why="0 leaves the reference-image source out")
+    face_tokens: int = _number(4, 0, why="0 leaves the face source out")
+    body_tokens: int = _number(4, 0, why="0 leaves the body source out")
+    fusion_dim: int = _number(1024, 1)  # FaceStudio's fused identity width
+    text_prior: bool = True  # train FaceStudio's text prior, so a prompt can stand in for the style image
+    init_kv_from_text: bool = True  # start each layer's K/V at its text K/V (IP-Adapter's initialisation)
+
+
+@dataclass(frozen=True)
+class BodyConfig(_Checked):
+    """The body VAE: how many views of a person make its c_body, its ELBO's KL weight, its weight beside L when it
+    trains jointly with the adapter, and a new VAE's latent size (BoLID's default 756)."""
+
+    views: int = _number(4, 1)
+    kl_weight: float = _number(1.0, 0.0)
+    joint_weight: float = _number(1.0, 0.0)
+    latent_dim: int = _number(756, 1)
+
+
+@dataclass(frozen=True)
 class TrainConfig(_Checked):
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -135,6 +179,10 @@ class TrainConfig(_Checked):
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     dropout: DropoutConfig = field(default_factory=DropoutConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    adapter: AdapterShapeConfig = field(default_factory=AdapterShapeConfig)
+    body: BodyConfig = field(default_factory=BodyConfig)
+    target: TrainTarget = TrainTarget.ADAPTER
     seed: int = _number(0, 0, 2**63 - 1)
     mixed_precision: MixedPrecision = MixedPrecision.NO  # honoured on CUDA only
     gradient_checkpointing: bool = False  # the host applies it to the network it backpropagates through

@@ -48,6 +48,14 @@ IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")  # PIL decoders tried; no exotic formats
 PERSON_CAPTION_NAME = "caption.txt"
 DEFAULT_MIN_VIEWS = 2  # BoLID's body encoder aggregates several views of one person
 DEFAULT_MIN_SIDE = 512
+
+
+def min_side_for(resolution: int) -> int:
+    """The smallest image side a run at `resolution` accepts: images are resized to cover it, and upscaling a little
+    is harmless, but a side below DEFAULT_MIN_SIDE (or below the resolution, when that is smaller) is too blurry."""
+    return min(DEFAULT_MIN_SIDE, resolution)
+
+
 DEFAULT_MAX_PROBLEM_LINES = 50
 MAX_CAPTION_BYTES = 64 * 1024
 MAX_IMAGE_BYTES = 256 * 1024 * 1024
@@ -745,3 +753,18 @@ def prune_cache(
         if not dry_run and Path(folder) != entries_root and not os.listdir(folder):
             os.rmdir(folder)
     return tuple(removed)
+
+
+def dataset_fingerprint(root: str) -> str:
+    """Every file's relative path, size and modification time: an edited, added or removed image retrains."""
+    digest = hashlib.sha256()
+    for folder, subfolders, files in os.walk(root):
+        subfolders.sort()
+        for name in sorted(files):
+            path = os.path.join(folder, name)
+            try:
+                status = os.stat(path)
+            except OSError:
+                continue
+            digest.update(f"{os.path.relpath(path, root)}|{status.st_size}|{status.st_mtime_ns}\n".encode())
+    return digest.hexdigest()

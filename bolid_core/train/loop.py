@@ -39,6 +39,37 @@ ProgressCallback = typing.Callable[[int, int, dict[str, float]], None]
 InterruptCheck = typing.Callable[[], typing.Any]
 
 
+_FUSED_DEVICES = ("cpu", "cuda")
+
+
+def _adamw(parameters: list[torch.Tensor], opt) -> torch.optim.AdamW:
+    """AdamW, fused into one kernel over all parameters where the device and torch allow: the update of a 1 B
+    parameter adapter is bandwidth-bound, and per-tensor updates read and write each tensor several times."""
+    settings = {"lr": opt.lr, "betas": opt.betas, "weight_decay": opt.weight_decay, "eps": opt.eps}
+    devices = {p.device.type for p in parameters}
+    if len(devices) == 1 and devices <= set(_FUSED_DEVICES) and all(p.is_floating_point() for p in parameters):
+        try:
+            return torch.optim.AdamW(parameters, fused=True, **settings)
+        except (RuntimeError, TypeError, ValueError):  # an older torch without the fused kernel for this device
+            pass
+    return torch.optim.AdamW(parameters, **settings)
+
+
+def clip_gradients(parameters: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """Scale the gradients by max_norm / (‖g‖ + 1e-6) when their global L2 norm exceeds max_norm (what
+    torch.nn.utils.clip_grad_norm_ computes); returns the norm. Unlike it, gradients within the bound are not
+    rewritten: a pass over a 1 B parameter adapter's gradients is saved on every step that does not clip."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+    coefficient = max_norm / (total + 1e-6)
+    if bool(coefficient < 1):
+        for grad in grads:
+            grad.mul_(coefficient.to(grad.dtype))
+    return total
+
+
 class TrainingInterrupted(RuntimeError):
     """The interruption check asked to stop; the last completed step is checkpointed."""
 
@@ -77,17 +108,31 @@ class Trainer:
         progress: ProgressCallback | None = None,
         check_interrupt: InterruptCheck | None = None,
         generator_device: str | torch.device = "cpu",
+        shard: tuple[int, int] = (0, 1),
+        reduce_gradients: typing.Callable[[list[torch.Tensor]], None] | None = None,
     ) -> None:
-        """`modules` are what is trained and saved, by name (no dots). Seeds the global RNGs from config.seed."""
+        """`modules` are what is trained and saved, by name (no dots). Seeds the global RNGs from config.seed.
+
+        Data parallel: `shard` = (rank, world size). Every process walks the same permutation in global batches of
+        world × batch_size and takes its own batch_size of them; `reduce_gradients(parameters)` averages the
+        accumulated gradients over the processes before each update (e.g. an all-reduce). Only rank 0 writes
+        checkpoints; every rank resumes from them."""
+        rank, world = shard
+        if not 0 <= rank < world:
+            raise ValueError(f"shard must be (rank, world size) with 0 <= rank < world size; got {shard}.")
+        if world > 1 and reduce_gradients is None:
+            raise ValueError("A sharded trainer needs reduce_gradients to average the gradients over the processes.")
+        self.rank, self.world = rank, world
+        self.reduce_gradients = reduce_gradients
         if not modules:
             raise ValueError("Trainer needs at least one module to train.")
         dotted = [name for name in modules if not name or "." in name]
         if dotted:
             raise ValueError(f"Module names {dotted} are keys of the checkpoint; use names without dots.")
-        if len(dataset) < config.steps.batch_size:
+        if len(dataset) < config.steps.batch_size * world:
             raise ValueError(
-                f"The dataset has {len(dataset)} examples, fewer than steps.batch_size = {config.steps.batch_size}; "
-                "add examples or lower the batch size."
+                f"The dataset has {len(dataset)} examples, fewer than steps.batch_size = {config.steps.batch_size} "
+                f"× {world} processes; add examples or lower the batch size."
             )
         self.config, self.modules, self.dataset = config, dict(modules), dataset
         self.compute_loss, self.collate = compute_loss, collate
@@ -99,9 +144,7 @@ class Trainer:
         if not self.parameters:
             raise ValueError("None of the modules has a parameter with requires_grad; nothing to train.")
         opt = config.optimizer
-        self.optimizer = torch.optim.AdamW(
-            self.parameters, lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay, eps=opt.eps
-        )
+        self.optimizer = _adamw(self.parameters, opt)
         schedule = config.schedule
 
         def factor(step: int) -> float:
@@ -137,10 +180,12 @@ class Trainer:
 
     def _next_batch(self):
         size = self.config.steps.batch_size
-        if self.index + size > len(self.dataset):  # the incomplete tail of an epoch is skipped: constant shapes
+        global_size = size * self.world
+        if self.index + global_size > len(self.dataset):  # the incomplete tail of an epoch is skipped: constant shapes
             self.epoch, self.index = self.epoch + 1, 0
-        chosen = self._permutation(self.epoch)[self.index : self.index + size]
-        self.index += size
+        start = self.index + self.rank * size
+        chosen = self._permutation(self.epoch)[start : start + size]
+        self.index += global_size
         return self.collate([self.dataset[i] for i in chosen])
 
     # interruption
@@ -207,10 +252,12 @@ class Trainer:
                 "resume from the last checkpoint."
             )
         self._updating = True
+        if self.reduce_gradients is not None:
+            self.reduce_gradients(self.parameters)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if self.config.optimizer.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.parameters, self.config.optimizer.max_grad_norm)
+            clip_gradients(self.parameters, self.config.optimizer.max_grad_norm)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -260,7 +307,10 @@ class Trainer:
 
     # checkpoints
 
-    def _save(self, boundary: _Boundary) -> Path:
+    def _save(self, boundary: _Boundary) -> Path | None:
+        if self.rank != 0:
+            self.saved_step = self.step
+            return None
         state = TrainingState(
             step=self.step,
             epoch=boundary.epoch,

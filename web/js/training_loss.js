@@ -1,0 +1,80 @@
+// Live loss chart on "BoLID Train Adapter": the server sends "bolid.training.loss" after every optimizer step
+// ({node, step, max, terms}); the node draws the total loss so far under its widgets.
+import { app } from "../../../scripts/app.js";
+import { api } from "../../../scripts/api.js";
+
+const NODE_NAME = "BoLIDTrainAdapter";
+const EVENT = "bolid.training.loss";
+const CHART_HEIGHT = 140;
+
+function chartWidget(node) {
+  return {
+    name: "bolid_loss_chart",
+    type: "bolid_loss_chart",
+    value: null,
+    options: { serialize: false },
+    serialize: false,
+    computeSize: (width) => [width, CHART_HEIGHT],
+    draw(ctx, _node, width, y) {
+      const points = node.bolidLoss ?? [];
+      ctx.save();
+      ctx.fillStyle = "#1e1e1e";
+      ctx.fillRect(10, y + 4, width - 20, CHART_HEIGHT - 8);
+      ctx.font = "12px sans-serif";
+      ctx.fillStyle = "#ddd";
+      if (points.length === 0) {
+        ctx.fillText("Loss: waiting for the first step", 16, y + 22);
+        ctx.restore();
+        return;
+      }
+      const values = points.map((p) => p.loss);
+      const low = Math.min(...values);
+      const span = Math.max(...values) - low || 1;
+      const last = points[points.length - 1];
+      ctx.fillText(`step ${last.step}/${last.max}  loss ${last.loss.toPrecision(4)}`, 16, y + 20);
+      const left = 16, top = y + 28, w = width - 32, h = CHART_HEIGHT - 40;
+      ctx.strokeStyle = "#4fc3f7";
+      ctx.lineWidth = 1.5;
+      ctx.beginPath();
+      points.forEach((p, i) => {
+        const px = left + (w * (p.step - 1)) / Math.max(1, last.max - 1);
+        const py = top + h - (h * (p.loss - low)) / span;
+        if (i === 0) ctx.moveTo(px, py);
+        else ctx.lineTo(px, py);
+      });
+      ctx.stroke();
+      if (points.length === 1) {
+        ctx.fillStyle = "#4fc3f7";
+        ctx.beginPath();
+        ctx.arc(left, top + h / 2, 3, 0, 2 * Math.PI);
+        ctx.fill();
+      }
+      ctx.restore();
+    },
+  };
+}
+
+app.registerExtension({
+  name: "bolid.trainingLoss",
+  async setup() {
+    api.addEventListener(EVENT, ({ detail }) => {
+      const node = app.graph?.getNodeById(Number(detail?.node)) ?? app.graph?.getNodeById(detail?.node);
+      if (!node || node.comfyClass !== NODE_NAME || !Number.isFinite(detail?.terms?.loss)) return;
+      node.bolidLoss = node.bolidLoss ?? [];
+      if (detail.step === 1 || (node.bolidLoss.length && detail.step <= node.bolidLoss.at(-1).step)) {
+        node.bolidLoss = node.bolidLoss.filter((p) => p.step < detail.step);
+      }
+      node.bolidLoss.push({ step: detail.step, max: detail.max, loss: detail.terms.loss });
+      node.setDirtyCanvas(true, true);
+    });
+  },
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (nodeData.name !== NODE_NAME) return;
+    const created = nodeType.prototype.onNodeCreated;
+    nodeType.prototype.onNodeCreated = function () {
+      const result = created?.apply(this, arguments);
+      this.addCustomWidget(chartWidget(this));
+      return result;
+    };
+  },
+});
