@@ -518,7 +518,9 @@ def train_adapter(
         device = comfy.model_management.get_torch_device()
         if trains_adapter(target):
             body_dim = body_vae.config.latent_dim if body_vae is not None else None
-            adapter = new_adapter(models.model, sources, dataset, config, body_dim)
+            with torch.random.fork_rng(devices=[]):  # the new adapter is drawn from config.seed, as on the CLI
+                torch.manual_seed(config.seed)
+                adapter = new_adapter(models.model, sources, dataset, config, body_dim)
             denoiser = ComfyDenoiser(models.model, AdapterAttention(adapter), config.gradient_checkpointing)
             device = denoiser.device
             adapter.to(device).train().requires_grad_(True)
