@@ -209,3 +209,21 @@ def test_clip_scorer_embeds_images_and_captions_in_the_shared_space(tmp_path):
     torch.testing.assert_close(scorer.text("a cat"), text, rtol=1e-5, atol=1e-6)
     embeds.sum().backward()
     assert images.grad.abs().sum() > 0
+
+
+def test_a_pickled_weights_file_is_never_loaded(tmp_path):
+    """A CLIP-vision folder holding only pytorch_model.bin (a pickle) is refused by name, not unpickled."""
+    import transformers
+    from safetensors.torch import load_file
+
+    from bolid_core.train.diffusers_host import ModelFolderError, load_clip_vision
+
+    folder = tmp_path / "pickled_vision"
+    factories.tiny_clip_vision().save_pretrained(folder)
+    weights = folder / "model.safetensors"
+    torch.save(load_file(str(weights)), folder / "pytorch_model.bin")
+    weights.unlink()
+    real = transformers.CLIPVisionModelWithProjection.from_pretrained
+    assert real(folder, local_files_only=True) is not None  # the file itself is fine: only the format is refused
+    with pytest.raises(ModelFolderError, match="cannot be loaded"):
+        load_clip_vision(folder)

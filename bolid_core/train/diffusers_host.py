@@ -225,10 +225,11 @@ def load_sdxl(folder: str | os.PathLike, device: torch.device | str = "cpu", dty
         _require_folder(root / name, f"The SDXL model's {name}", [wanted])
     kwargs = {"local_files_only": True}
     try:
-        unet = diffusers.UNet2DConditionModel.from_pretrained(root / "unet", torch_dtype=dtype, **kwargs)
-        vae = diffusers.AutoencoderKL.from_pretrained(root / "vae", torch_dtype=torch.float32, **kwargs)
-        text_encoder = transformers.CLIPTextModel.from_pretrained(root / "text_encoder", **kwargs)
-        text_encoder_2 = transformers.CLIPTextModelWithProjection.from_pretrained(root / "text_encoder_2", **kwargs)
+        weights = {**kwargs, "use_safetensors": True}  # never a pickle, even one torch would load weights-only
+        unet = diffusers.UNet2DConditionModel.from_pretrained(root / "unet", torch_dtype=dtype, **weights)
+        vae = diffusers.AutoencoderKL.from_pretrained(root / "vae", torch_dtype=torch.float32, **weights)
+        text_encoder = transformers.CLIPTextModel.from_pretrained(root / "text_encoder", **weights)
+        text_encoder_2 = transformers.CLIPTextModelWithProjection.from_pretrained(root / "text_encoder_2", **weights)
         tokenizer = transformers.CLIPTokenizer.from_pretrained(root / "tokenizer", **kwargs)
         tokenizer_2 = transformers.CLIPTokenizer.from_pretrained(root / "tokenizer_2", **kwargs)
         scheduler = diffusers.DDPMScheduler.from_pretrained(root / "scheduler", **kwargs)
@@ -326,7 +327,9 @@ def load_clip_vision(folder: str | os.PathLike, device: torch.device | str = "cp
 
     root = _require_folder(Path(folder), "The CLIP-vision", ["config.json"])
     try:
-        model = transformers.CLIPVisionModelWithProjection.from_pretrained(root, local_files_only=True)
+        model = transformers.CLIPVisionModelWithProjection.from_pretrained(
+            root, local_files_only=True, use_safetensors=True
+        )
     except (OSError, ValueError, RuntimeError) as error:
         raise ModelFolderError(f"The CLIP-vision model in {root} cannot be loaded: {error}") from error
     size, mean, std = _clip_stats(root, model.config.image_size)
@@ -360,7 +363,7 @@ def load_clip_score(folder: str | os.PathLike, device: torch.device | str = "cpu
 
     root = _require_folder(Path(folder), "The CLIP model for L_CLIP", ["config.json"])
     try:
-        clip = transformers.CLIPModel.from_pretrained(root, local_files_only=True)
+        clip = transformers.CLIPModel.from_pretrained(root, local_files_only=True, use_safetensors=True)
         tokenizer = transformers.CLIPTokenizer.from_pretrained(root, local_files_only=True)
     except (OSError, ValueError, RuntimeError) as error:
         raise ModelFolderError(f"The CLIP model in {root} cannot be loaded: {error}") from error
