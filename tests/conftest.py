@@ -69,6 +69,18 @@ def comfy_nodes(comfy_path: Path) -> dict:
 
 
 @pytest.fixture()
+def one_torch_thread():
+    """Tiny models: a second thread only adds contention on a shared machine, and one thread keeps sums in one
+    order. A module opts in with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture()
 def tiny_model(comfy_path: Path):
     from bolid_test_models.tiny_models import tiny_sdxl_model
 

@@ -249,21 +249,28 @@ def test_node_is_registered_and_refuses_names_that_leave_models_bolid(comfy_node
     assert adapter_save_path("mine").endswith("/bolid/mine.safetensors")
 
 
+def four_step_run(tmp_path: Path):
+    """Four steps of an image-only adapter on the tiny dataset, one example a step."""
+    from bolid_core.comfy.train_host import TrainingRun, with_overrides
+
+    config = with_overrides(
+        TrainConfig(), steps={"max_steps": 4, "batch_size": 1}, data={"resolution": 64, "min_views": 2},
+        adapter={"image_tokens": 2, "face_tokens": 0, "body_tokens": 0}, loss={"alpha_id": 0.0, "beta_clip": 0.0},
+    )  # fmt: skip
+    return TrainingRun(
+        write_dataset(tmp_path / "data"), tmp_path / "mine.safetensors", tmp_path / "run", tmp_path / "cache", config
+    )
+
+
 def test_cancel_keeps_the_last_step_and_resume_continues(tiny_model, tiny_vae, tiny_encoders, tmp_path: Path) -> None:
-    from bolid_core.comfy.train_host import TrainingModels, TrainingRun, train_adapter, with_overrides
+    from bolid_core.comfy.train_host import TrainingModels, train_adapter
     from bolid_core.train.state import latest_checkpoint, load_checkpoint
 
     class Cancelled(Exception):
         pass
 
     clip, clip_vision = tiny_encoders
-    config = with_overrides(
-        TrainConfig(), steps={"max_steps": 4, "batch_size": 1}, data={"resolution": 64, "min_views": 2},
-        adapter={"image_tokens": 2, "face_tokens": 0, "body_tokens": 0}, loss={"alpha_id": 0.0, "beta_clip": 0.0},
-    )  # fmt: skip
-    run = TrainingRun(
-        write_dataset(tmp_path / "data"), tmp_path / "mine.safetensors", tmp_path / "run", tmp_path / "cache", config
-    )
+    run = four_step_run(tmp_path)
     models = TrainingModels(tiny_model, tiny_vae, clip, clip_vision)
 
     def cancel_at_two(step, total, terms):
@@ -286,17 +293,11 @@ def test_cancel_from_inside_the_unet_checkpoints_and_reaches_comfyui_as_a_cancel
     """ComfyUI's Cancel surfaces in whichever op runs next, inside the UNet's forward: still a checkpoint."""
     import comfy.model_management
 
-    from bolid_core.comfy.train_host import TrainingModels, TrainingRun, train_adapter, with_overrides
+    from bolid_core.comfy.train_host import TrainingModels, train_adapter
     from bolid_core.train.state import latest_checkpoint, load_checkpoint
 
     clip, clip_vision = tiny_encoders
-    config = with_overrides(
-        TrainConfig(), steps={"max_steps": 4, "batch_size": 1}, data={"resolution": 64, "min_views": 2},
-        adapter={"image_tokens": 2, "face_tokens": 0, "body_tokens": 0}, loss={"alpha_id": 0.0, "beta_clip": 0.0},
-    )  # fmt: skip
-    run = TrainingRun(
-        write_dataset(tmp_path / "data"), tmp_path / "mine.safetensors", tmp_path / "run", tmp_path / "cache", config
-    )
+    run = four_step_run(tmp_path)
 
     def press_cancel_at_two(step, total, terms):
         if step == 2:

@@ -12,37 +12,17 @@ import copy
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from train_cli_factories import IMAGES_PER_PERSON, PERSONS, SIZE, write_people
 
 from bolid_core.adapter import Source, load_adapter
 from bolid_core.train.adapter_task import AdapterAttention, TextCondition
 from bolid_core.train.config import TrainConfig
 
-SIZE = 64
-PEOPLE = {"ann": (200, 40, 40), "bob": (40, 200, 40), "cyd": (40, 40, 200)}
-VIEWS = 2
 STEPS = 48
 LEARNING_RATE = 1e-2
 DRAWS = 3  # seeded (timestep, noise) draws per example in the measure
-
-
-def write_people(root: Path) -> Path:
-    """Three people, two 64 px images each: a coloured figure on a grey ground, in two places, with captions."""
-    rng = np.random.default_rng(0)
-    for person, colour in PEOPLE.items():
-        folder = root / person
-        folder.mkdir(parents=True)
-        (folder / "caption.txt").write_text(f"a photo of {person}", encoding="utf-8")
-        for view in range(VIEWS):
-            pixels = np.full((SIZE, SIZE, 3), 128, dtype=np.uint8)
-            left = 12 + 20 * view
-            pixels[8:56, left : left + 16] = colour
-            pixels += rng.integers(0, 8, pixels.shape, dtype=np.uint8)
-            Image.fromarray(pixels).save(folder / f"view{view}.png")
-    return root
 
 
 def training_config(steps: int, lr: float) -> TrainConfig:
@@ -52,7 +32,7 @@ def training_config(steps: int, lr: float) -> TrainConfig:
     return with_overrides(
         TrainConfig(), {"seed": 3},
         optimizer={"lr": lr, "weight_decay": 0.0, "max_grad_norm": 1.0},
-        steps={"max_steps": steps, "batch_size": 2}, data={"resolution": SIZE, "min_views": VIEWS},
+        steps={"max_steps": steps, "batch_size": 2}, data={"resolution": SIZE, "min_views": IMAGES_PER_PERSON},
         adapter={"image_tokens": 2, "face_tokens": 0, "body_tokens": 0},
         loss={"alpha_id": 0.0, "beta_clip": 0.0},
         dropout={"image": 0.0, "face": 0.0, "body": 0.0, "text": 0.0},
@@ -152,7 +132,7 @@ def test_node_training_halves_the_excess_loss(loud_model, tiny_vae, tiny_encoder
     initial, trained, history, dataset = train(
         loud_model, tiny_vae, tiny_encoders, tmp_path, monkeypatch, STEPS, LEARNING_RATE
     )
-    assert len(dataset) == len(PEOPLE) * VIEWS
+    assert len(dataset) == len(PERSONS) * IMAGES_PER_PERSON
     losses = [record["loss"] for record in history]
     assert len(losses) == STEPS and all(math.isfinite(loss) for loss in losses), losses
     quarter = STEPS // 4

@@ -55,12 +55,7 @@ HALF_DROPOUT = ConditionDropout(image=0.5, face=0.5, body=0.5, text=0.5)
 SOURCE_OF = {Source.IMAGE: ConditionSource.IMAGE, Source.FACE: ConditionSource.FACE, Source.BODY: ConditionSource.BODY}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5) -> bool:

@@ -23,12 +23,7 @@ from bolid_core.train.state import list_checkpoints
 WIDTH, DATASET_SIZE = 5, 10
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def dataset() -> list[tuple[int, torch.Tensor, torch.Tensor]]:

@@ -225,6 +225,22 @@ def test_style_encoder_hides_exactly_the_face_box() -> None:
     assert torch.equal(seen[1][0], pixels[0, 5:35])
 
 
+def test_style_encoder_without_a_face_source_embeds_the_whole_crop_and_needs_no_face_encoder() -> None:
+    pixels = noise(40, 30, seed=5)
+    seen = []
+
+    def clip_image(image: torch.Tensor) -> torch.Tensor:
+        seen.append(image)
+        return image.mean(dim=(1, 2))
+
+    whole = style_encoder(clip_image, "clip", 30, hide_face=False)
+    assert whole.uses == ()
+    out = whole.function(item(pixels, earlier={}))
+    assert torch.equal(seen[0][0], pixels[0, 5:35])
+    assert torch.equal(out["image_embeds"], pixels[0, 5:35].mean(dim=(0, 1)))
+    assert whole.fingerprint != style_encoder(clip_image, "clip", 30).fingerprint
+
+
 # --- pose and body view ---------------------------------------------------------------------------------------------
 
 

@@ -13,14 +13,7 @@ from bolid_core.train.config import OptimizerConfig, Schedule, ScheduleConfig, S
 from bolid_core.train.loop import Trainer, TrainingInterrupted, lr_factor
 from bolid_core.train.state import list_checkpoints
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: a second thread only adds contention on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def weights(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -277,3 +270,37 @@ def test_clip_gradients_scales_only_above_the_bound_as_the_norm_formula_says():
     kept = a.grad.clone()
     clip_gradients([a], max_norm=1.0)
     assert torch.equal(a.grad, kept)  # within the bound: bit for bit the same
+
+
+class HostCancel(Exception):
+    """A host's own cancel exception, raised from inside the forward or the backward (as ComfyUI's ops do)."""
+
+
+@pytest.mark.parametrize("where", ["forward", "backward"])
+def test_a_hosts_cancel_raised_inside_a_step_checkpoints_and_propagates_unchanged(tmp_path, where):
+    config = resume_config(max_steps=6, every_steps=10)
+    trainer, _ = denoiser_trainer(config, tmp_path, interrupt_errors=(HostCancel,))
+    loss = trainer.compute_loss
+
+    class CancelInBackward(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            raise HostCancel
+
+    def cancelling(batch, step, generator):
+        terms = loss(batch, step, generator)
+        if step == 2:
+            if where == "forward":
+                raise HostCancel
+            terms = {**terms, "loss": CancelInBackward.apply(terms["loss"])}
+        return terms
+
+    trainer.compute_loss = cancelling
+    with pytest.raises(HostCancel):
+        trainer.train()
+    assert trainer.step == 2
+    assert [path.name for path in list_checkpoints(tmp_path)] == ["step_000000002"]

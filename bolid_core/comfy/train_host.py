@@ -20,7 +20,7 @@ import comfy.model_patcher
 import comfy.model_sampling
 import torch
 
-from ..adapter.checkpoint import Adapter, AdapterKind, AdapterSpec, ClipInput, Source, new_bolid_adapter
+from ..adapter.checkpoint import Adapter, Source
 from ..body.pipeline import WeightingParams
 from ..body.vae import BodyVAEConfig
 from ..train.adapter_task import (
@@ -29,11 +29,10 @@ from ..train.adapter_task import (
     CacheKeys,
     NoiseSchedule,
     TextCondition,
-    init_kv_from_text,
 )
 from ..train.config import TrainConfig, TrainTarget
-from ..train.dataset import Encoder, EncoderInput, PreprocessedDataset, build_cache, min_side_for, scan_dataset
-from ..train.loop import Trainer, TrainingInterrupted
+from ..train.dataset import Encoder, PreprocessedDataset, build_cache, min_side_for, scan_dataset
+from ..train.loop import Trainer
 from ..train.losses import PredictionType
 from ..train.targets import (
     body_setup,
@@ -44,6 +43,7 @@ from ..train.targets import (
     trains_adapter,
     trains_body_vae,
 )
+from ..train.targets import new_adapter as new_adapter_for
 from .attn2 import attn2_layer_keys, wrapped_attention
 
 log = logging.getLogger("bolid")
@@ -171,7 +171,6 @@ class ComfyDenoiser:
             args = tuple(dict(arg) if isinstance(arg, dict) else arg for arg in args)
             kwargs = {name: dict(arg) if isinstance(arg, dict) else arg for name, arg in kwargs.items()}
 
-            @cancellable  # the recomputation runs inside backward, outside compute_loss
             def recomputable(*args, **kwargs):
                 with attention.using(tokens) if tokens is not None else contextlib.nullcontext():
                     return forward(*args, **kwargs)
@@ -267,16 +266,6 @@ def _clip_image(clip_vision) -> Callable[[torch.Tensor], torch.Tensor]:
     return embed
 
 
-def _whole_image_style_encoder(clip_image, fingerprint: str, resolution: int) -> Encoder:
-    """The style embeds of the whole crop, for adapters without a face source (nothing to hide)."""
-    from ..train.encoders import resize_cover
-
-    def function(item: EncoderInput) -> dict[str, torch.Tensor]:
-        return {"image_embeds": clip_image(resize_cover(item.pixels, resolution))[0]}
-
-    return Encoder(function, f"{fingerprint}|style-whole|{resolution}")
-
-
 def _clip_vision_width(clip_vision) -> int | None:
     projection = getattr(clip_vision.model, "visual_projection", None)
     return getattr(projection, "out_features", None)
@@ -356,9 +345,8 @@ def build_encoders(
         if models.face_analyzer is not None:
             face_print = f"face:{getattr(models.face_analyzer, 'pack_dir', type(models.face_analyzer).__name__)}"
             encoders[CacheKeys.FACE] = host_free.face_encoder(models.face_analyzer, face_print, resolution)
-            encoders[CacheKeys.STYLE] = host_free.style_encoder(clip_image, vision_print, resolution)
-        else:
-            encoders[CacheKeys.STYLE] = _whole_image_style_encoder(clip_image, vision_print, resolution)
+        hide_face = CacheKeys.FACE in encoders
+        encoders[CacheKeys.STYLE] = host_free.style_encoder(clip_image, vision_print, resolution, hide_face=hide_face)
     if body_vae is not None:
         yolo = getattr(models.pose_model, "yolo", None)
         pose_print = f"pose:{getattr(yolo, 'ckpt_path', None) or weights_fingerprint(yolo.model)}"
@@ -445,46 +433,18 @@ def new_adapter(
     body_dim: int | None = None,
 ) -> Adapter:
     """An adapter shaped by the model's layers and the widths the cache holds, K/V started from the text K/V."""
-    first = dataset[0].tensors
-    context_dim = model.model.model_config.unet_config["context_dim"]
+    from comfy.ldm.modules.attention import BasicTransformerBlock
+
     layers = attn2_layer_keys(model)
-    style = first.get(CacheKeys.STYLE, {}).get("image_embeds")
-    face = first.get(CacheKeys.FACE, {}).get("arcface")
-    shape = config.adapter
-    spec = AdapterSpec(
-        AdapterKind.BOLID, context_dim, tuple(width for _, width in layers), dict(sources),
-        clip_dim=None if style is None else style.shape[-1],
-        clip_input=None if style is None else ClipInput.EMBEDS,
-        face_dim=face.shape[-1] if Source.FACE in sources else None,
-        body_dim=body_dim if Source.BODY in sources else None,
-        fusion_dim=shape.fusion_dim if Source.FACE in sources else None,
-        text_dim=first[CacheKeys.TEXT]["pooled"].shape[-1] if Source.FACE in sources and shape.text_prior else None,
-    )  # fmt: skip
-    adapter = new_bolid_adapter(spec)
-    if shape.init_kv_from_text:
-        unet = model.get_model_object("diffusion_model")
-        blocks = {"input": unet.input_blocks, "output": unet.output_blocks, "middle": [unet.middle_block]}
-        text_kv = []
-        for (name, number, index), _ in layers:
-            from comfy.ldm.modules.attention import BasicTransformerBlock
-
-            block = [m for m in blocks[name][number].modules() if isinstance(m, BasicTransformerBlock)][index]
-            text_kv.append((block.attn2.to_k.weight.detach().float(), block.attn2.to_v.weight.detach().float()))
-        init_kv_from_text(adapter, text_kv)
-    return adapter
-
-
-def cancellable(function: Callable) -> Callable:
-    """`function` with ComfyUI's Cancel, which its ops raise from inside any forward, turned into the Trainer's
-    TrainingInterrupted, so the Trainer checkpoints the last completed step."""
-
-    def run(*args, **kwargs):
-        try:
-            return function(*args, **kwargs)
-        except comfy.model_management.InterruptProcessingException as error:
-            raise TrainingInterrupted("Cancelled during a training step.") from error
-
-    return run
+    unet = model.get_model_object("diffusion_model")
+    blocks = {"input": unet.input_blocks, "output": unet.output_blocks, "middle": [unet.middle_block]}
+    text_kv = []
+    for (name, number, index), _ in layers:
+        block = [m for m in blocks[name][number].modules() if isinstance(m, BasicTransformerBlock)][index]
+        text_kv.append((block.attn2.to_k.weight.detach().float(), block.attn2.to_v.weight.detach().float()))
+    context_dim = model.model.model_config.unet_config["context_dim"]
+    widths = tuple(width for _, width in layers)
+    return new_adapter_for(config, sources, dataset[0].tensors, context_dim, widths, body_dim, text_kv)
 
 
 def train_adapter(
@@ -518,9 +478,7 @@ def train_adapter(
         device = comfy.model_management.get_torch_device()
         if trains_adapter(target):
             body_dim = body_vae.config.latent_dim if body_vae is not None else None
-            with torch.random.fork_rng(devices=[]):  # the new adapter is drawn from config.seed, as on the CLI
-                torch.manual_seed(config.seed)
-                adapter = new_adapter(models.model, sources, dataset, config, body_dim)
+            adapter = new_adapter(models.model, sources, dataset, config, body_dim)
             denoiser = ComfyDenoiser(models.model, AdapterAttention(adapter), config.gradient_checkpointing)
             device = denoiser.device
             adapter.to(device).train().requires_grad_(True)
@@ -534,18 +492,14 @@ def train_adapter(
         modules.update(body.modules)
         task = build_task(config, denoiser, null_text, scorers, body_vae)
         trainer = Trainer(
-            config, modules, dataset, cancellable(task), body.collate,
+            config, modules, dataset, task, body.collate,
             checkpoint_dir=run.run_dir / "checkpoints", progress=on_step, check_interrupt=check_interrupt,
+            interrupt_errors=(comfy.model_management.InterruptProcessingException,),
         )  # fmt: skip
         if run.resume and trainer.resume() is None:
             raise ValueError(f"No complete checkpoint in {run.run_dir / 'checkpoints'} to resume from.")
         with denoiser.session() if denoiser is not None else contextlib.nullcontext():
-            try:
-                history = trainer.train()
-            except TrainingInterrupted as error:
-                if isinstance(error.__cause__, comfy.model_management.InterruptProcessingException):
-                    raise error.__cause__ from None  # ComfyUI reports it as a Cancel, not as an error
-                raise
+            history = trainer.train()  # a Cancel checkpoints, then reaches ComfyUI as the Cancel it is
         written = save_trained(target, run.adapter_path, adapter, body_vae)
     return TrainingResult(written.adapter, written.body_vae, history)
 

@@ -261,18 +261,6 @@ class Hosted:
     body_vae: typing.Any = None
 
 
-def _no_face_encoder(resolution: int, face_dim: int = 512):
-    """Stands in for the face encoder when the style image needs no face hidden (no face source): the reference
-    image is the whole crop."""
-    from .adapter_task import CacheKeys
-    from .dataset import Encoder
-
-    def function(_item) -> dict[str, torch.Tensor]:
-        return {"arcface": torch.zeros(face_dim), "found": torch.zeros(()), "box": torch.zeros(4)}
-
-    return Encoder(function, f"no-face:{resolution}:{face_dim}:{CacheKeys.FACE}")
-
-
 def load_host(cli: CliConfig, device: torch.device) -> Hosted:
     from . import encoders as enc
     from .adapter_task import CacheKeys
@@ -315,16 +303,15 @@ def load_host(cli: CliConfig, device: torch.device) -> Hosted:
             analyzer = load_face_analysis(paths.face_models, paths.face_pack)
             face_print = folder_fingerprint(Path(paths.face_models) / "models" / paths.face_pack)
             hosted.encoders[CacheKeys.FACE] = enc.face_encoder(analyzer, face_print, resolution)
-        else:
-            hosted.encoders[CacheKeys.FACE] = _no_face_encoder(resolution)
 
         @torch.no_grad()
         def clip_image(pixels: torch.Tensor) -> torch.Tensor:
             return clip_vision(pixels.to(device))
 
         hosted.encoders[CacheKeys.STYLE] = enc.style_encoder(
-            clip_image, folder_fingerprint(paths.clip_vision), resolution
-        )
+            clip_image, folder_fingerprint(paths.clip_vision), resolution,
+            hide_face=CacheKeys.FACE in hosted.encoders,
+        )  # fmt: skip
     uses_pose = paths.pose_model is not None and (
         (trains_adapter and train.loss.alpha_id > 0) or train.target is not TrainTarget.ADAPTER or shape.body_tokens
     )
@@ -355,41 +342,19 @@ def load_host(cli: CliConfig, device: torch.device) -> Hosted:
     return hosted
 
 
-def _widths(example) -> dict[str, int]:
-    from .adapter_task import CacheKeys
-
-    tensors = example.tensors
-    found = {
-        "clip_dim": (CacheKeys.STYLE, "image_embeds"), "face_dim": (CacheKeys.FACE, "arcface"),
-        "text_dim": (CacheKeys.TEXT, "pooled"),
-    }  # fmt: skip
-    return {name: tensors[encoder][key].shape[-1] for name, (encoder, key) in found.items() if encoder in tensors}
-
-
 def build_adapter(cli: CliConfig, hosted: Hosted, first_example, device: torch.device):
     """A new adapter for this UNet and these data widths, seeded from config.seed so every process starts alike."""
-    from ..adapter.checkpoint import AdapterKind, AdapterSpec, ClipInput, Source, new_bolid_adapter
-    from .adapter_task import init_kv_from_text
+    from ..adapter.checkpoint import Source
     from .diffusers_host import unet_layer_widths, unet_text_kv
+    from .targets import new_adapter
 
     shape, unet = cli.train.adapter, hosted.sdxl.unet
     tokens = {Source.IMAGE: shape.image_tokens, Source.FACE: shape.face_tokens, Source.BODY: shape.body_tokens}
-    tokens = {source: count for source, count in tokens.items() if count > 0}
-    widths = _widths(first_example)
-    face = Source.FACE in tokens
-    spec = AdapterSpec(
-        AdapterKind.BOLID, unet.config.cross_attention_dim, unet_layer_widths(unet), tokens,
-        clip_dim=widths.get("clip_dim") if (face or Source.IMAGE in tokens) else None,
-        clip_input=ClipInput.EMBEDS if (face or Source.IMAGE in tokens) else None,
-        face_dim=widths.get("face_dim") if face else None,
-        body_dim=hosted.body_vae.config.latent_dim if Source.BODY in tokens else None,
-        fusion_dim=shape.fusion_dim if face else None,
-        text_dim=widths.get("text_dim") if face and shape.text_prior else None,
+    body_dim = hosted.body_vae.config.latent_dim if hosted.body_vae is not None else None
+    adapter = new_adapter(
+        cli.train, {source: count for source, count in tokens.items() if count > 0}, first_example.tensors,
+        unet.config.cross_attention_dim, unet_layer_widths(unet), body_dim, unet_text_kv(unet),
     )  # fmt: skip
-    torch.manual_seed(cli.train.seed)
-    adapter = new_bolid_adapter(spec)
-    if shape.init_kv_from_text:
-        init_kv_from_text(adapter, unet_text_kv(unet))
     return adapter.to(device).train().requires_grad_(True)
 
 

@@ -155,10 +155,12 @@ def style_encoder(
     *,
     fill: float = RECONSTRUCTION_FILL,
     expand: float = 0.0,
+    hide_face: bool = True,
 ) -> Encoder:
     """ "image_embeds": (clip_dim,): `clip_image` ((1, H, W, 3) in [0, 1] → (1, clip_dim) CLIP-vision image embeds)
     of the R × R crop with the face box from the "face" encoder (made at the same R) set to `fill`, FaceStudio's
-    reconstruction input (§3.3); of the whole crop when no face was found."""
+    reconstruction input (§3.3); of the whole crop when no face was found, or without `hide_face` (an adapter with
+    no face source: then no face encoder is needed)."""
     _check_size(resolution, "resolution")
     _check_fraction(fill, "fill", low_open=False)
     if not isinstance(expand, (int, float)) or not math.isfinite(expand) or expand < 0:
@@ -166,8 +168,8 @@ def style_encoder(
 
     def function(item: EncoderInput) -> dict[str, torch.Tensor]:
         crop = resize_cover(item.pixels, resolution)
-        face = item.earlier[CacheKeys.FACE]
-        if float(face["found"]) > 0:
+        face = item.earlier[CacheKeys.FACE] if hide_face else None
+        if face is not None and float(face["found"]) > 0:
             hidden = faceid_reconstruction_inputs(crop[0], face_box=face["box"], fill=fill, expand=expand)
             crop = hidden.style_image[None]
         embeds = _output(clip_image(crop), "The CLIP vision encoder's image embeds", (1, None))
@@ -175,9 +177,12 @@ def style_encoder(
 
     return Encoder(
         function,
-        _fingerprint(fingerprint, CacheKeys.STYLE, resolution=resolution, fill=float(fill), expand=float(expand)),
-        uses=(CacheKeys.FACE,),
-    )
+        _fingerprint(
+            fingerprint, CacheKeys.STYLE, resolution=resolution, fill=float(fill), expand=float(expand),
+            hide_face=bool(hide_face),
+        ),
+        uses=(CacheKeys.FACE,) if hide_face else (),
+    )  # fmt: skip
 
 
 def pose_encoder(

@@ -110,13 +110,17 @@ class Trainer:
         generator_device: str | torch.device = "cpu",
         shard: tuple[int, int] = (0, 1),
         reduce_gradients: typing.Callable[[list[torch.Tensor]], None] | None = None,
+        interrupt_errors: tuple[type[BaseException], ...] = (),
     ) -> None:
         """`modules` are what is trained and saved, by name (no dots). Seeds the global RNGs from config.seed.
 
         Data parallel: `shard` = (rank, world size). Every process walks the same permutation in global batches of
         world × batch_size and takes its own batch_size of them; `reduce_gradients(parameters)` averages the
         accumulated gradients over the processes before each update (e.g. an all-reduce). Only rank 0 writes
-        checkpoints; every rank resumes from them."""
+        checkpoints; every rank resumes from them.
+
+        `interrupt_errors`: a host's own cancel exceptions (ComfyUI raises one from inside any op, forward or
+        backward); raised anywhere in a step, they count as an interruption, like Ctrl-C, and propagate unchanged."""
         rank, world = shard
         if not 0 <= rank < world:
             raise ValueError(f"shard must be (rank, world size) with 0 <= rank < world size; got {shard}.")
@@ -124,6 +128,7 @@ class Trainer:
             raise ValueError("A sharded trainer needs reduce_gradients to average the gradients over the processes.")
         self.rank, self.world = rank, world
         self.reduce_gradients = reduce_gradients
+        self.interrupt_errors = (KeyboardInterrupt, TrainingInterrupted, *interrupt_errors)
         if not modules:
             raise ValueError("Trainer needs at least one module to train.")
         dotted = [name for name in modules if not name or "." in name]
@@ -298,7 +303,7 @@ class Trainer:
         except BaseException as error:
             if not self._updating:
                 self._rewind(boundary)
-                interrupted = self._interrupted or isinstance(error, (KeyboardInterrupt, TrainingInterrupted))
+                interrupted = self._interrupted or isinstance(error, self.interrupt_errors)
                 if interrupted and self.config.checkpoint.on_interrupt and self.checkpoint_dir is not None:
                     if self.saved_step != self.step:
                         self._save(boundary)

@@ -12,22 +12,26 @@ A body VAE trained here is written beside the adapter as `<adapter stem>_body_va
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..adapter.checkpoint import Adapter, AdapterKind, AdapterSpec, ClipInput, Source, new_bolid_adapter
 from ..body.vae import BodyVAE, BodyVAEConfig, save_body_vae
 from .adapter_task import (
     AdapterCollate,
     AdapterTask,
     AuxiliaryScorers,
     BodyLossWeights,
+    CacheKeys,
     Denoiser,
     LossWeights,
     TextCondition,
     frozen_body_vectors,
+    init_kv_from_text,
 )
 from .config import TrainConfig, TrainTarget
 from .dropout import ConditionDropout
@@ -62,6 +66,40 @@ def start_body_vae(config: TrainConfig, start: BodyVAE | None = None) -> BodyVAE
             torch.manual_seed(config.seed)
             vae = BodyVAE(BodyVAEConfig(latent_dim=config.body.latent_dim))
     return vae.float().train().requires_grad_(True)
+
+
+def new_adapter(
+    config: TrainConfig,
+    sources: Mapping[Source, int],
+    first_example: Mapping[str, Mapping[str, torch.Tensor]],
+    context_dim: int,
+    layer_widths: tuple[int, ...],
+    body_dim: int | None = None,
+    text_kv: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> Adapter:
+    """A new adapter with `sources` (token counts) for a UNet of this text width and these attn2 widths, reading the
+    widths the cache holds (`first_example`: one example's tensors), drawn from config.seed without moving the global
+    RNG, its K/V started from the layers' text K/V (`text_kv`) when config.adapter.init_kv_from_text says so."""
+    shape = config.adapter
+    style = first_example.get(CacheKeys.STYLE, {}).get("image_embeds")
+    face = first_example.get(CacheKeys.FACE, {}).get("arcface")
+    reads_clip = Source.IMAGE in sources or Source.FACE in sources
+    has_face = Source.FACE in sources
+    spec = AdapterSpec(
+        AdapterKind.BOLID, context_dim, tuple(layer_widths), dict(sources),
+        clip_dim=style.shape[-1] if reads_clip and style is not None else None,
+        clip_input=ClipInput.EMBEDS if reads_clip else None,
+        face_dim=face.shape[-1] if has_face and face is not None else None,
+        body_dim=body_dim if Source.BODY in sources else None,
+        fusion_dim=shape.fusion_dim if has_face else None,
+        text_dim=first_example[CacheKeys.TEXT]["pooled"].shape[-1] if has_face and shape.text_prior else None,
+    )  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        adapter = new_bolid_adapter(spec)
+    if shape.init_kv_from_text and text_kv is not None:
+        init_kv_from_text(adapter, text_kv)
+    return adapter
 
 
 @dataclass
@@ -144,6 +182,6 @@ def save_trained(
 
 
 __all__ = [
-    "BODY_VAE_SUFFIX", "BodySetup", "WrittenFiles", "body_setup", "body_vae_file", "build_task", "save_trained",
-    "start_body_vae", "trains_adapter", "trains_body_vae",
+    "BODY_VAE_SUFFIX", "BodySetup", "WrittenFiles", "body_setup", "body_vae_file", "build_task", "new_adapter",
+    "save_trained", "start_body_vae", "trains_adapter", "trains_body_vae",
 ]  # fmt: skip
