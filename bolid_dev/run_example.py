@@ -2,7 +2,9 @@
 
     python -m bolid_dev.run_example [--workflow NAME] [--timeout SECONDS]
 
-With no SDXL checkpoint in models/checkpoints it runs on tiny random test models: the image then only
+With no SDXL checkpoint in models/checkpoints, the default run is the miniature BoLID instead: the shipped miniature
+models (trained on a synthetic 64 px world, see the README) generate text plus each of two saved body IDs, so the
+method is seen working. Another --workflow without a checkpoint runs on tiny random test models: its image then only
 shows that the install works.
 """
 
@@ -14,14 +16,21 @@ import sys
 
 from .client import ComfyClient, WorkflowError
 from .runtime import REPO_ROOT, RuntimeSetupError, comfy_server, comfyui_dir
-from .workflows import DEFAULT_WORKFLOW, find_sdxl_checkpoint, load_api_workflow, with_checkpoint, with_tiny_models
+from .workflows import (
+    DEFAULT_WORKFLOW,
+    MINIATURE_WORKFLOW,
+    find_sdxl_checkpoint,
+    load_api_workflow,
+    with_checkpoint,
+    with_tiny_models,
+)
 
 LOCAL_BASE_DIRECTORY = REPO_ROOT / ".comfy-base"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workflow", default=DEFAULT_WORKFLOW, help="name of a file in workflows/api/")
+    parser.add_argument("--workflow", default=None, help="name of a file in workflows/api/")
     parser.add_argument("--timeout", type=float, default=None, help="seconds to wait for the workflow")
     args = parser.parse_args(argv)
     try:
@@ -36,30 +45,50 @@ def _run(workflow_name: str, timeout_s: float | None) -> int:
     base_directory = None if os.environ.get("COMFYUI_PATH") else LOCAL_BASE_DIRECTORY
     models_root = (base_directory or comfyui_dir()) / "models"
     (models_root / "checkpoints").mkdir(parents=True, exist_ok=True)
-    workflow = load_api_workflow(workflow_name)
     checkpoint = find_sdxl_checkpoint(models_root / "checkpoints")
-    if checkpoint is None:
+    test_models = False
+    if checkpoint is None and workflow_name in (None, MINIATURE_WORKFLOW):
+        workflow_name = MINIATURE_WORKFLOW
+        print(
+            f"No SDXL checkpoint in {models_root / 'checkpoints'}: running the MINIATURE BoLID instead.\n"
+            "Its models are tiny (a few MB), trained by this pack on a synthetic world of 64 px stick figures,\n"
+            "and shipped in miniature_models/. They show the method: text plus a saved body ID gives that body.\n"
+            "They are not a picture model. Put an SDXL .safetensors in models/checkpoints for real output."
+        )
+        prompt, default_timeout = load_api_workflow(workflow_name), 600.0
+    elif checkpoint is None:
         print(
             f"No SDXL checkpoint in {models_root / 'checkpoints'}: running on TINY RANDOM TEST MODELS.\n"
             "The image is only an install check, not a picture. Put an SDXL .safetensors there for real output."
         )
-        prompt, default_timeout = with_tiny_models(workflow), 600.0
+        prompt, default_timeout, test_models = with_tiny_models(load_api_workflow(workflow_name)), 600.0, True
     else:
+        workflow_name = workflow_name or DEFAULT_WORKFLOW
         print(f"Using SDXL checkpoint {checkpoint}.")
-        prompt, default_timeout = with_checkpoint(workflow, checkpoint), 7200.0
+        prompt, default_timeout = with_checkpoint(load_api_workflow(workflow_name), checkpoint), 7200.0
     log_path = (base_directory or LOCAL_BASE_DIRECTORY) / "logs" / "comfyui.log"
-    with comfy_server(base_directory, with_test_models=checkpoint is None, log_path=log_path) as server:
+    with comfy_server(base_directory, with_test_models=test_models, log_path=log_path) as server:
         print(f"ComfyUI is up at {server.url} (log: {log_path}); queueing {workflow_name}.")
         client = ComfyClient(server)
         entry = client.run(prompt, timeout_s=timeout_s or default_timeout)
-        paths = [client.saved_path(image) for image in client.output_images(entry)]
-    if not paths:
+        saved = [(node_id, client.saved_path(image)) for node_id, image in _saved_images(client, entry, prompt)]
+    if not saved:
         print("ERROR: the workflow finished but saved no image.", file=sys.stderr)
         return 1
-    for path in paths[1:]:
+    if workflow_name == MINIATURE_WORKFLOW:
+        for node_id, path in saved:
+            print(f"saved image ({prompt[node_id]['inputs']['filename_prefix'].rsplit('/', 1)[-1]}): {path}")
+        return 0
+    for _, path in saved[1:]:
         print(f"also saved: {path}")
-    print(f"saved image: {paths[0]}")
+    print(f"saved image: {saved[0][1]}")
     return 0
+
+
+def _saved_images(client: ComfyClient, entry: dict, prompt: dict) -> list[tuple[str, dict]]:
+    """(SaveImage node id, image) in the order of the node ids."""
+    save_nodes = sorted((node_id for node_id, node in prompt.items() if node["class_type"] == "SaveImage"), key=int)
+    return [(node_id, image) for node_id in save_nodes for image in client.output_images(entry, node_id)]
 
 
 if __name__ == "__main__":

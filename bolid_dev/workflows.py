@@ -13,6 +13,7 @@ from .runtime import REPO_ROOT
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
 API_WORKFLOWS_DIR = WORKFLOWS_DIR / "api"
 DEFAULT_WORKFLOW = "bolid_keypoint_weighting"
+MINIATURE_WORKFLOW = "bolid_miniature_body_id"  # the main job without an SDXL checkpoint: the shipped miniature
 BASE_MODEL_LOADER = "CheckpointLoaderSimple"
 TINY_LOADER = "BoLIDTestTinyCheckpoint"
 # Other loaders of downloaded models and their tiny stand-ins; same outputs in the same order.

@@ -18,6 +18,7 @@ from .face import FaceEmbed, InsightFaceLoader
 from .guidance import DecoupledCFGGuider
 from .identity import FacesOfOnePerson, IdentityMix
 from .keypoints import KeypointsFromJSON, KeypointWeighting
+from .miniature import MiniatureModelLoader
 from .regions import AddRegion, RegionsPreview
 from .segmentation import PersonRegions, SegmentationModelLoader
 from .training import TrainAdapter
@@ -30,4 +31,5 @@ class BoLIDExtension(ComfyExtension):
             PoseModelLoader, BodyEncoderLoader, BodyIDFromImages, SaveBodyID, LoadBodyID, RandomBodyID, BlendBodyIDs,
             DecoupledCFGGuider, FastFaceAttention, FastFaceMetrics, IdentityMix, FacesOfOnePerson,
             SegmentationModelLoader, PersonRegions, AddRegion, RegionsPreview, TrainAdapter,
+            MiniatureModelLoader,
         ]  # fmt: skip

@@ -18,6 +18,7 @@ from ..bolid_core.comfy.folders import (
     model_file_fingerprint,
     model_files,
     resolve_model_file,
+    saved_body_id_path,
 )
 from ..bolid_core.comfy.progress import progress_callbacks
 from .checks import require_finite_numbers, validate_finite_numbers
@@ -161,13 +162,13 @@ class LoadBodyID(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, body: str) -> str:
         try:
-            return file_fingerprint(body_id_path(body))
-        except ValueError:
+            return file_fingerprint(saved_body_id_path(body))
+        except (ValueError, FileNotFoundError):
             return f"invalid:{body!r}"  # execute says why
 
     @classmethod
     def execute(cls, body: str) -> io.NodeOutput:
-        return io.NodeOutput(load_body_id(body_id_path(body)))
+        return io.NodeOutput(load_body_id(saved_body_id_path(body)))
 
 
 class RandomBodyID(io.ComfyNode):

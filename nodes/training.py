@@ -31,6 +31,8 @@ from .types import BodyEncoderType, FaceAnalyzerType, PoseModelType
 LOSS_EVENT = "bolid.training.loss"
 NO_RESUME = "none"
 DEFAULT_CONFIG = "defaults"
+# base_unet trains a diffusers UNet's own weights from the command line; this node trains adapters on a loaded MODEL.
+NODE_TARGETS = [target.value for target in TrainTarget if target is not TrainTarget.BASE_UNET]
 
 
 class TrainAdapter(io.ComfyNode):
@@ -42,10 +44,11 @@ class TrainAdapter(io.ComfyNode):
             category="BoLID/training",
             description=(
                 "Trains a new BoLID adapter on this model from a dataset folder in input/bolid_datasets (one folder "
-                "per person). Sources: image (clip_vision), face (clip_vision + face_analyzer), body (pose_model + "
-                "body_encoder). Checkpoints go to output/bolid_training/<adapter_name>; Cancel keeps the last one, "
-                "and 'resume' continues it. target: 'adapter' writes models/bolid/<adapter_name>.safetensors; "
-                "'body_vae' trains the body VAE alone (needs pose_model) and writes models/bolid/"
+                "per person). Sources: image (clip_vision), face (clip_vision + face_analyzer), body (body_encoder, "
+                "and pose_model unless every image has a <stem>.keypoints.json). Checkpoints go to "
+                "output/bolid_training/<adapter_name>; Cancel keeps the last one, and 'resume' continues it. "
+                "target: 'adapter' writes models/bolid/<adapter_name>.safetensors; 'body_vae' trains the body VAE "
+                "alone (needs keypoints: pose_model or keypoints files) and writes models/bolid/"
                 "<adapter_name>_body_vae.safetensors, which BoLID Body Encoder Loader lists; 'adapter_and_body_vae' "
                 "trains both, c_body through the VAE with gradients, and writes both files."
             ),
@@ -80,8 +83,9 @@ class TrainAdapter(io.ComfyNode):
                 io.Float.Input("beta_clip", default=0.0, min=0.0, max=10.0, step=0.01, optional=True,
                                tooltip="Weight of L_CLIP (needs clip_vision as wide as the text's pooled output)."),
                 io.Combo.Input(
-                    "target", options=TrainTarget, default=TrainTarget.ADAPTER, optional=True,
-                    tooltip="What trains. 'body_vae' and 'adapter_and_body_vae' need pose_model; they continue the "
+                    "target", options=NODE_TARGETS, default=TrainTarget.ADAPTER.value, optional=True,
+                    tooltip="What trains. 'body_vae' and 'adapter_and_body_vae' need keypoints (pose_model, or a "
+                    "<stem>.keypoints.json beside every image); they continue the "
                     "connected body_encoder's weights (and shape), or start a new body VAE of the config's "
                     "body.latent_dim when none is connected. The body VAE is written as <adapter_name>_body_vae.",
                 ),

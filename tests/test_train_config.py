@@ -113,6 +113,8 @@ BAD_TOML = [
     ("mixed_precision = 'fp8'", "mixed_precision is str 'fp8'; write one of 'no', 'fp16', 'bf16'."),
     ("gradient_checkpointing = 'yes'", "gradient_checkpointing is str 'yes'; write true or false."),
     ("optimizer = 3", r"optimizer must be a table \(\[optimizer\] in TOML\), not int 3."),
+    ("[body]\nimage_size = 8", r"body.image_size is 8; it must be in \[16, inf\] \(the body-view encoder's smallest"),
+    ("target = 'unet'", "target is str 'unet'; write one of 'adapter', 'body_vae', 'adapter_and_body_vae', 'base_u"),
 ]
 
 

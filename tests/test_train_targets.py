@@ -66,6 +66,39 @@ def test_start_body_vae_copies_a_start_and_seeds_a_new_one() -> None:
     assert all(torch.equal(new.state_dict()[k], v) for k, v in reference.items())
 
 
+def test_a_new_body_vae_letterboxes_to_body_image_size() -> None:
+    assert TrainConfig().body.image_size == 128  # BodyVAEConfig's default side
+    small = start_body_vae(config_with(seed=2, body={"latent_dim": 6, "image_size": 32}))
+    assert small.config == BodyVAEConfig(latent_dim=6, image_size=32)
+    torch.manual_seed(2)
+    reference = BodyVAE(BodyVAEConfig(latent_dim=6, image_size=32)).state_dict()
+    assert all(torch.equal(small.state_dict()[k], v) for k, v in reference.items())
+    weighted = torch.zeros(1, 64, 48, 3)
+    weighted[0, 10:20, 5:9] = 1.0
+    keypoints = torch.rand(1, 17, 3)
+    with torch.no_grad():
+        mu, _ = small.encode_views(weighted, keypoints)
+        # What the VAE sees is the view letterboxed to 32 px: encoding that by hand gives the same posterior.
+        by_hand = torch.nn.functional.interpolate(
+            weighted.permute(0, 3, 1, 2), size=(32, 24), mode="bilinear", align_corners=False, antialias=True
+        )
+        by_hand = torch.nn.functional.pad(by_hand, (4, 4, 0, 0))
+        features = small.image_encoder(by_hand).mean(dim=(2, 3))
+        joined = torch.cat([features, small.keypoint_encoder(keypoints.reshape(1, 51))], dim=1)
+        expected_mu = small.to_posterior(joined).chunk(2, dim=1)[0]
+    torch.testing.assert_close(mu, expected_mu)
+
+
+def test_base_unet_is_its_own_target() -> None:
+    from bolid_core.train.targets import trains_adapter, trains_base_unet, trains_body_vae
+
+    expected = {
+        TrainTarget.ADAPTER: (True, False, False), TrainTarget.BODY_VAE: (False, True, False),
+        TrainTarget.JOINT: (True, True, False), TrainTarget.BASE_UNET: (False, False, True),
+    }  # fmt: skip
+    assert {t: (trains_adapter(t), trains_body_vae(t), trains_base_unet(t)) for t in TrainTarget} == expected
+
+
 def test_build_task_reads_every_weight_and_schedule_from_the_config() -> None:
     config = config_with(
         target="body_vae",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import folder_paths
 
@@ -22,12 +23,20 @@ MODEL_FOLDERS: dict[str, set[str]] = {
 }
 
 
+# The miniature models the pack ships (README, "The miniature"), laid out as ComfyUI's models/ folder.
+SHIPPED_MODELS = Path(__file__).resolve().parents[2] / "miniature_models"
+
+
 def register_model_folders() -> None:
-    """Add models/<name> for each of our folders; keeps paths a user set in extra_model_paths.yaml."""
+    """Add models/<name> for each of our folders; keeps paths a user set in extra_model_paths.yaml. The pack's shipped
+    miniature models come last, so a user's file of the same name wins."""
     for name, extensions in MODEL_FOLDERS.items():
         if name not in folder_paths.folder_names_and_paths:
             folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, name))
         folder_paths.folder_names_and_paths[name][1].update(extensions)
+    shipped = SHIPPED_MODELS / "bolid"
+    if shipped.is_dir() and str(shipped) not in folder_paths.get_folder_paths("bolid"):
+        folder_paths.add_model_folder_path("bolid", str(shipped))
 
 
 def model_files(folder: str) -> list[str]:
@@ -36,8 +45,9 @@ def model_files(folder: str) -> list[str]:
 
 
 def model_choices(*folders: str) -> list[str]:
-    """Combo entries "<folder>/<file>" for the files of several model folders."""
-    return [f"{folder}/{name}" for folder in folders for name in model_files(folder)]
+    """Combo entries "<folder>/<file>" for the model files of several model folders (models/bolid's saved bodies and
+    miniature base models are not adapters or encoders, so they are left out)."""
+    return [f"{folder}/{name}" for folder in folders for name in model_files(folder) if not _reserved(folder, name)]
 
 
 def resolve_model_choice(choice: str, folders: tuple[str, ...]) -> str:
@@ -97,13 +107,19 @@ def model_choice_fingerprint(choice: str, folders: tuple[str, ...]) -> str:
         return f"missing:{choice}"
 
 
-# Saved body IDs live in models/bolid/bodies; everything else in models/bolid is a model file.
+# Saved body IDs live in models/bolid/bodies and the miniature base models in models/bolid/miniature; everything else
+# in models/bolid is an adapter or a body encoder.
 BODIES_SUBFOLDER = "bodies"
+MINIATURE_SUBFOLDER = "miniature"
 _SAVE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}")
 
 
+def _reserved(folder: str, name: str) -> bool:
+    return folder == "bolid" and name.replace("\\", "/").split("/", 1)[0] in (BODIES_SUBFOLDER, MINIATURE_SUBFOLDER)
+
+
 def body_encoder_choices() -> list[str]:
-    return [name for name in folder_paths.get_filename_list("bolid") if not name.startswith(f"{BODIES_SUBFOLDER}/")]
+    return [name for name in folder_paths.get_filename_list("bolid") if not _reserved("bolid", name)]
 
 
 def body_id_choices() -> list[str]:
@@ -111,8 +127,22 @@ def body_id_choices() -> list[str]:
     return [name[len(prefix) :] for name in folder_paths.get_filename_list("bolid") if name.startswith(prefix)]
 
 
+def saved_body_id_path(name: str) -> str:
+    """The saved body ID `name` in any of the bolid model folders (a user's models/bolid first, then, e.g., the
+    pack's shipped miniature bodies); a missing one is an error naming where it was looked for."""
+    path = body_id_path(name)
+    if os.path.isfile(path):
+        return path
+    found = folder_paths.get_full_path("bolid", f"{BODIES_SUBFOLDER}/{os.path.basename(path)}")
+    if found is None:
+        places = ", ".join(os.path.join(p, BODIES_SUBFOLDER) for p in folder_paths.get_folder_paths("bolid"))
+        raise FileNotFoundError(f"No saved body ID '{name}' in {places}: save one with BoLID Save Body ID first.")
+    return found
+
+
 def body_id_path(name: str) -> str:
-    """models/bolid/bodies/<name>.safetensors for a plain file name; anything path-like is refused."""
+    """models/bolid/bodies/<name>.safetensors for a plain file name (where Save Body ID writes); anything path-like
+    is refused."""
     check_name(name, "body ID")
     stem = name[: -len(".safetensors")] if name.endswith(".safetensors") else name
     if not _SAVE_NAME.fullmatch(stem) or stem.endswith("."):

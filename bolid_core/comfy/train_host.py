@@ -31,7 +31,15 @@ from ..train.adapter_task import (
     TextCondition,
 )
 from ..train.config import TrainConfig, TrainTarget
-from ..train.dataset import Encoder, PreprocessedDataset, build_cache, min_side_for, scan_dataset
+from ..train.dataset import (
+    DatasetIndex,
+    Encoder,
+    PreprocessedDataset,
+    build_cache,
+    images_without_keypoints,
+    min_side_for,
+    scan_dataset,
+)
 from ..train.loop import Trainer
 from ..train.losses import PredictionType
 from ..train.targets import (
@@ -272,12 +280,13 @@ def _clip_vision_width(clip_vision) -> int | None:
 
 
 def check_models(models: TrainingModels, config: TrainConfig) -> None:
-    """The inputs config.target needs are connected; otherwise say which to connect."""
+    """The inputs config.target needs are connected; otherwise say which to connect. (A body target's pose model is
+    checked against the dataset: `check_pose_source`.)"""
     target = config.target
-    if trains_body_vae(target) and models.pose_model is None:
+    if target is TrainTarget.BASE_UNET:
         raise ValueError(
-            f"Training target '{target.value}' trains the body VAE on pose keypoints: connect pose_model (BoLID Pose "
-            "Model Loader), or pick the target 'adapter'."
+            "Training target 'base_unet' trains a diffusers UNet's own weights and runs from the command line only "
+            "(python -m bolid_core.train); this node trains adapters on the loaded MODEL: pick another target."
         )
     if target is TrainTarget.JOINT and not config.adapter.body_tokens:
         raise ValueError(
@@ -286,9 +295,25 @@ def check_models(models: TrainingModels, config: TrainConfig) -> None:
         )
 
 
-def adapter_sources(models: TrainingModels, config: TrainConfig) -> dict[Source, int]:
+def check_pose_source(models: TrainingModels, config: TrainConfig, index: DatasetIndex) -> None:
+    """A body VAE that trains reads every image's pose keypoints: from its <stem>.keypoints.json, else from the
+    connected pose_model; without one, every image must have its keypoints file."""
+    if not trains_body_vae(config.target) or models.pose_model is not None:
+        return
+    missing = images_without_keypoints(index)
+    if missing:
+        names = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise ValueError(
+            f"Training target '{config.target.value}' trains the body VAE on pose keypoints: connect pose_model (BoLID "
+            f"Pose Model Loader), or write <stem>.keypoints.json beside the {len(missing)} image(s) without one "
+            f"({names}), or pick the target 'adapter'."
+        )
+
+
+def adapter_sources(models: TrainingModels, config: TrainConfig, keypoint_files: bool = False) -> dict[Source, int]:
     """The sources a new adapter gets: those with tokens in config.adapter whose inputs are connected. The body
-    source needs pose_model and a body VAE: the connected body_encoder, or the one a body target trains."""
+    source needs pose keypoints (pose_model, or `keypoint_files`: every image has its keypoints file) and a body
+    VAE: the connected body_encoder, or the one a body target trains."""
     shape, wanted = config.adapter, {}
     missing = []
     if shape.image_tokens:
@@ -302,7 +327,7 @@ def adapter_sources(models: TrainingModels, config: TrainConfig) -> dict[Source,
         else:
             missing.append("face")
     if shape.body_tokens:
-        if models.pose_model and (models.body_encoder or trains_body_vae(config.target)):
+        if (models.pose_model or keypoint_files) and (models.body_encoder or trains_body_vae(config.target)):
             wanted[Source.BODY] = shape.body_tokens
         else:
             missing.append("body")
@@ -348,8 +373,11 @@ def build_encoders(
         hide_face = CacheKeys.FACE in encoders
         encoders[CacheKeys.STYLE] = host_free.style_encoder(clip_image, vision_print, resolution, hide_face=hide_face)
     if body_vae is not None:
-        yolo = getattr(models.pose_model, "yolo", None)
-        pose_print = f"pose:{getattr(yolo, 'ckpt_path', None) or weights_fingerprint(yolo.model)}"
+        if models.pose_model is not None:
+            yolo = getattr(models.pose_model, "yolo", None)
+            pose_print = f"pose:{getattr(yolo, 'ckpt_path', None) or weights_fingerprint(yolo.model)}"
+        else:  # every image has its keypoints file (check_pose_source, adapter_sources)
+            pose_print = host_free.KEYPOINT_FILES_ONLY
         encoders[CacheKeys.POSE] = host_free.pose_encoder(models.pose_model, pose_print, resolution)
         encoders[CacheKeys.BODY_VIEW] = host_free.body_view_encoder(
             f"body:{body_vae.image_size}:{body_vae.map_size}", body_vae.image_size, body_vae.map_size, BODY_WEIGHTING
@@ -465,7 +493,9 @@ def train_adapter(
         index = scan_dataset(
             run.dataset_root, min_views=config.data.min_views, min_side=min_side_for(config.data.resolution)
         )
-        sources = adapter_sources(models, config) if trains_adapter(target) else {}
+        check_pose_source(models, config, index)
+        keypoint_files = not images_without_keypoints(index)
+        sources = adapter_sources(models, config, keypoint_files) if trains_adapter(target) else {}
         body_vae = None
         if trains_body_vae(target):
             body_vae = start_body_vae(config, models.body_encoder.vae if models.body_encoder is not None else None)

@@ -321,6 +321,8 @@ class AdapterTask:
     ) -> None:
         """`shard` = (rank, world size): under data parallelism each process draws the randomness of the whole
         global batch and keeps its own rows, so N processes see what one process with N times the batch sees."""
+        if target is TrainTarget.BASE_UNET:
+            raise ValueError("Training target base_unet trains the UNet itself: use BaseUNetTask, not AdapterTask.")
         if target is not TrainTarget.BODY_VAE and denoiser is None:
             raise ValueError("Training the adapter needs the host's denoiser (its UNet and noise schedule).")
         if target is not TrainTarget.ADAPTER and body_vae is None:
@@ -478,6 +480,60 @@ class AdapterTask:
         return id_term, clip_term
 
 
+class BaseUNetTask:
+    """compute_loss(batch, step, generator) for the Trainer when the UNet's own weights train (target base_unet):
+    the plain DDPM objective ‖ε − ε_θ(x_t, t, text)‖² (or v, as the schedule says) on the cached latents and
+    captions, each caption replaced by the null text (the empty prompt's encoding) with probability `text_dropout`
+    so the model learns ε(∅) for classifier-free guidance. No adapter, no body, no L_id or L_CLIP.
+
+    The draws follow AdapterTask's order (timesteps, noise, then the dropout's uniforms for every source, of which
+    only the text's is used), drawn for the whole global batch under `shard` and cut to this process's rows."""
+
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        null_text: TextCondition | None,
+        text_dropout: float,
+        shard: tuple[int, int] = (0, 1),
+    ) -> None:
+        if denoiser is None:
+            raise ValueError("Training the base UNet needs the host's denoiser (its UNet and noise schedule).")
+        if getattr(denoiser, "attention", None) is not None:
+            raise ValueError("Training the base UNet needs a denoiser without adapter attention.")
+        self.dropout = ConditionDropout(image=0.0, face=0.0, body=0.0, text=text_dropout)
+        if null_text is None and text_dropout > 0:
+            raise ValueError("Text dropout needs the empty prompt's encoding (null_text).")
+        rank, world = shard
+        if not 0 <= rank < world:
+            raise ValueError(f"shard must be (rank, world size) with 0 <= rank < world size; got {shard}.")
+        self.denoiser, self.null_text, self.shard = denoiser, null_text, shard
+
+    def __call__(self, batch: TrainBatch, step: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        denoiser, schedule = self.denoiser, self.denoiser.schedule
+        x0 = _required(batch.latents, "latents (encoder 'latents')")
+        context = _required(batch.context, "caption encodings (encoder 'text')")
+        pooled = _required(batch.pooled, "caption encodings (encoder 'text')")
+        device = getattr(denoiser, "device", x0.device)
+        x0, context, pooled = x0.to(device), context.to(device), pooled.to(device)
+        size = x0.shape[0]
+        rank, world = self.shard
+        rows = slice(rank * size, (rank + 1) * size)
+        timesteps = torch.randint(0, schedule.steps, (size * world,), generator=generator, device=generator.device)
+        noise = torch.randn(
+            (size * world, *x0.shape[1:]), generator=generator, device=generator.device, dtype=torch.float32
+        )
+        dropped = self.dropout.draw(size * world, generator)[ConditionSource.TEXT][rows].to(device)
+        timesteps, noise = timesteps[rows].to(device), noise[rows].to(device=device, dtype=x0.dtype)
+        if self.null_text is not None:
+            context = torch.where(dropped[:, None, None], self.null_text.context.to(context), context)
+            pooled = torch.where(dropped[:, None], self.null_text.pooled.to(pooled), pooled)
+        noisy = schedule.add_noise(x0, noise, timesteps)
+        prediction = denoiser(noisy, timesteps, TextCondition(context, pooled))
+        target = diffusion_target(x0, noise, schedule.alpha_bar(timesteps), schedule.prediction)
+        l_diff = diffusion_loss(prediction, target)
+        return {"loss": l_diff, "diff": l_diff.detach(), "text_dropped": dropped.float().mean()}
+
+
 def _concat_views(per_sample: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {key: torch.cat([views[key] for views in per_sample]) for key in per_sample[0]}
 
@@ -500,7 +556,8 @@ def init_kv_from_text(adapter: Adapter, text_kv: Sequence[tuple[torch.Tensor, to
 
 
 __all__ = [
-    "AdapterAttention", "AdapterCollate", "AdapterTask", "AuxiliaryScorers", "BodyLossWeights", "CacheKeys",
+    "AdapterAttention", "AdapterCollate", "AdapterTask", "AuxiliaryScorers", "BaseUNetTask", "BodyLossWeights",
+    "CacheKeys",
     "Denoiser", "LossWeights", "NoiseSchedule", "TextCondition", "TrainBatch", "TrainTarget", "aggregate_posterior",
     "body_vae_loss", "frozen_body_vectors", "init_kv_from_text", "source_tokens",
 ]  # fmt: skip

@@ -1,4 +1,4 @@
-"""Train a BoLID adapter (and the body VAE) on a diffusers SDXL model from the command line:
+"""Train a BoLID adapter (and the body VAE), or the SDXL UNet itself, on a diffusers SDXL model from the command line:
 
     accelerate launch -m bolid_core.train --config run.toml         # one or more processes (GPUs)
     python -m bolid_core.train --config run.toml [--resume none|latest|FOLDER] [--device cpu|cuda]
@@ -9,12 +9,14 @@ data, adapter, body, target, seed, ...) and these, all checked as strictly (unkn
     [paths]
     dataset = "people/"          # one folder per person (bolid_core.train.dataset)
     cache = "cache/"             # the encoders' outputs, reused across runs; outside the dataset folder
-    output = "runs/first/"       # checkpoints/, <name>.safetensors (the adapter), <name>_body_vae.safetensors, logs/
+    output = "runs/first/"       # checkpoints/, <name>.safetensors (the adapter), <name>_body_vae.safetensors,
+                                 # <name>_unet/ (target = "base_unet": the trained UNet as a diffusers folder), logs/
     base_model = "sdxl-base/"    # a diffusers SDXL folder (unet, vae, text_encoder(_2), tokenizer(_2), scheduler)
     clip_vision = "image_encoder/"   # CLIPVisionModelWithProjection folder: the image and face sources' CLIP embeds
     face_models = "insightface/"     # holds models/<face_pack>/: the face source's ArcFace
     face_pack = "buffalo_l"
-    pose_model = "yolo11n-pose.pt"   # the body source's keypoints and L_id's (loss.alpha_id > 0)
+    pose_model = "yolo11n-pose.pt"   # L_id's scorer (loss.alpha_id > 0); the body source's keypoints for images
+                                     # without a <stem>.keypoints.json (not needed when every image has one)
     body_vae = "body_vae.safetensors"  # a trained body VAE: frozen, or the start of joint training
     clip_score = "clip-vit-large/"   # a full CLIP folder (both towers) for L_CLIP (loss.beta_clip > 0)
     [logging]
@@ -23,6 +25,10 @@ data, adapter, body, target, seed, ...) and these, all checked as strictly (unkn
     [run]
     name = "bolid_adapter"
     device = "auto"              # auto: cuda when there is one
+
+target = "base_unet" trains the UNet's own weights (plain L_diff, text dropout dropout.text for CFG) from the
+folder's current weights; it reads base_model only, and the adapter, body and loss.alpha_id/beta_clip settings do not
+apply.
 
 Each process trains on its share of every global batch (steps.batch_size per process) and the gradients are averaged
 over the processes before each update, so N processes train as one process with N times the batch. Only the main
@@ -42,11 +48,13 @@ from pathlib import Path
 
 import torch
 
+from . import targets
 from .config import ConfigError, TrainConfig, TrainTarget, _read_mapping
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 BODY_WEIGHTING_SIGMA, BODY_WEIGHTING_ALPHA = 0.08, 0.25  # the Body ID node's defaults
+UNET_FOLDER_SUFFIX = "_unet"  # target base_unet writes <run.name>_unet/, a diffusers UNet folder
 
 
 # --- the CLI's own config tables -----------------------------------------------------------------------------
@@ -140,13 +148,17 @@ def _resolve(paths: PathsConfig, base: Path) -> PathsConfig:
 
 
 def _check_needs(train: TrainConfig, paths: PathsConfig) -> None:
-    """Every model the configured sources and losses need is named."""
-    shape, trains_adapter = train.adapter, train.target is not TrainTarget.BODY_VAE
+    """Every model the configured sources and losses need is named. A body target's pose model is checked against
+    the dataset (`check_pose_source`): images with a <stem>.keypoints.json need none."""
+    shape, trains_adapter = train.adapter, targets.trains_adapter(train.target)
 
     def need(key: str, why: str) -> None:
         if getattr(paths, key) is None:
             raise ConfigError(f"is missing: {why}. Add it.", f"paths.{key}")
 
+    if targets.trains_base_unet(train.target):
+        need("base_model", "training the base UNet needs the diffusers SDXL folder it starts from")
+        return
     if trains_adapter:
         if not (shape.image_tokens or shape.face_tokens or shape.body_tokens):
             raise ConfigError(
@@ -161,11 +173,31 @@ def _check_needs(train: TrainConfig, paths: PathsConfig) -> None:
             need("pose_model", "L_id (loss.alpha_id > 0) finds pose keypoints; or set loss.alpha_id = 0")
         if train.loss.beta_clip > 0:
             need("clip_score", "L_CLIP (loss.beta_clip > 0) needs a full CLIP model; or set loss.beta_clip = 0")
-    uses_body = train.target is not TrainTarget.ADAPTER or (trains_adapter and shape.body_tokens > 0)
-    if uses_body:
-        need("pose_model", "the body source and the body VAE read pose keypoints")
     if train.target is TrainTarget.ADAPTER and shape.body_tokens > 0:
         need("body_vae", "the body source needs a trained body VAE (or train it: target = 'adapter_and_body_vae')")
+
+
+def _uses_body(train: TrainConfig) -> bool:
+    return targets.trains_body_vae(train.target) or (
+        targets.trains_adapter(train.target) and train.adapter.body_tokens > 0
+    )
+
+
+def check_pose_source(train: TrainConfig, paths: PathsConfig, index) -> None:
+    """The body source and the body VAE read each image's pose keypoints: from its <stem>.keypoints.json, else from
+    paths.pose_model; without one, every image must have its keypoints file."""
+    if not _uses_body(train) or paths.pose_model is not None:
+        return
+    from .dataset import images_without_keypoints
+
+    missing = images_without_keypoints(index)
+    if missing:
+        shown_names = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise ConfigError(
+            f"is missing: the body source and the body VAE read pose keypoints, and {len(missing)} image(s) have no "
+            f"<stem>.keypoints.json beside them ({shown_names}). Add a pose model, or write their keypoints files.",
+            "paths.pose_model",
+        )
 
 
 def load_cli_config(path: str | os.PathLike) -> CliConfig:
@@ -277,10 +309,11 @@ def load_host(cli: CliConfig, device: torch.device) -> Hosted:
     resolution = train.data.resolution
     shape = train.adapter
     hosted = Hosted(encoders={})
-    trains_adapter = train.target is not TrainTarget.BODY_VAE
-    if trains_adapter:
+    trains_adapter = targets.trains_adapter(train.target)
+    if trains_adapter or targets.trains_base_unet(train.target):
         half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(train.mixed_precision.value)
-        dtype = half if (half is not None and device.type == "cuda") else torch.float32  # the frozen UNet only
+        frozen_unet = trains_adapter and half is not None and device.type == "cuda"
+        dtype = half if frozen_unet else torch.float32  # a UNet that trains keeps float32 weights (autocast runs it)
         sdxl = hosted.sdxl = load_sdxl(paths.base_model, device, dtype)
         hosted.encoders[CacheKeys.LATENTS] = enc.latents_encoder(
             lambda pixels: encode_latents(sdxl.vae, pixels.to(device)), sdxl.fingerprints["vae"], resolution
@@ -312,16 +345,15 @@ def load_host(cli: CliConfig, device: torch.device) -> Hosted:
             clip_image, folder_fingerprint(paths.clip_vision), resolution,
             hide_face=CacheKeys.FACE in hosted.encoders,
         )  # fmt: skip
-    uses_pose = paths.pose_model is not None and (
-        (trains_adapter and train.loss.alpha_id > 0) or train.target is not TrainTarget.ADAPTER or shape.body_tokens
-    )
-    if uses_pose:
+    uses_body = _uses_body(train)
+    if paths.pose_model is not None and ((trains_adapter and train.loss.alpha_id > 0) or uses_body):
         from ..body.pose import load_pose_model
 
         hosted.pose_model = load_pose_model(paths.pose_model)
         pose_print = folder_fingerprint(paths.pose_model)
         hosted.encoders[CacheKeys.POSE] = enc.pose_encoder(hosted.pose_model, pose_print, resolution)
-    uses_body = train.target is not TrainTarget.ADAPTER or (trains_adapter and shape.body_tokens > 0)
+    elif uses_body:  # every image has its keypoints file (check_pose_source)
+        hosted.encoders[CacheKeys.POSE] = enc.pose_encoder(None, enc.KEYPOINT_FILES_ONLY, resolution)
     if uses_body:
         from ..body.pipeline import WeightingParams
         from ..body.vae import load_body_vae
@@ -392,12 +424,11 @@ def _progress(cli: CliConfig, processes: Processes, output: Path):
 
 
 def train(cli: CliConfig, resume: str = "latest") -> Path:
-    """The whole run; returns the adapter file (or the body VAE's, when only it trains)."""
+    """The whole run; returns the adapter file (or the body VAE's, when only it trains; or the UNet's folder)."""
     from ..body.pose_training import pose_people
-    from . import targets
     from .adapter_task import AdapterAttention
     from .dataset import build_cache, min_side_for, open_cache, scan_dataset
-    from .diffusers_host import DiffusersDenoiser, auxiliary_scorers, encode_prompts
+    from .diffusers_host import DiffusersDenoiser, auxiliary_scorers, encode_prompts, save_unet_folder
     from .loop import Trainer
 
     config, paths = cli.train, cli.paths
@@ -407,6 +438,7 @@ def train(cli: CliConfig, resume: str = "latest") -> Path:
         index = scan_dataset(
             paths.dataset, min_views=config.data.min_views, min_side=min_side_for(config.data.resolution)
         )
+        check_pose_source(config, paths, index)
         hosted = load_host(cli, processes.device)
         if processes.main:
             output.mkdir(parents=True, exist_ok=True)
@@ -441,6 +473,18 @@ def train(cli: CliConfig, resume: str = "latest") -> Path:
                 hosted.sdxl.vae.to("cpu")
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+        elif targets.trains_base_unet(target):
+            unet = hosted.sdxl.unet.float().train()
+            modules["unet"] = unet
+            denoiser = DiffusersDenoiser(
+                unet, hosted.sdxl.scheduler, None, config.data.resolution, config.gradient_checkpointing
+            )
+            null_text = encode_prompts(hosted.sdxl, [""])
+            # The cache holds the latents and captions: the VAE and the text encoders are done.
+            for frozen in (hosted.sdxl.vae, hosted.sdxl.text_encoder, hosted.sdxl.text_encoder_2):
+                frozen.to("cpu")
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
         body = targets.body_setup(target, hosted.body_vae, dataset, body_views)
         modules.update(body.modules)
         task = targets.build_task(
@@ -461,7 +505,11 @@ def train(cli: CliConfig, resume: str = "latest") -> Path:
         finally:
             close_progress()
         written = output / f"{cli.run.name}.safetensors"
-        if processes.main:
+        if targets.trains_base_unet(target):
+            written = output / f"{cli.run.name}{UNET_FOLDER_SUFFIX}"
+            if processes.main:
+                save_unet_folder(modules["unet"], written)
+        elif processes.main:
             files = targets.save_trained(target, written, adapter, hosted.body_vae)
             written = files.adapter or files.body_vae
         processes.barrier()

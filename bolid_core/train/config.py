@@ -39,6 +39,9 @@ class TrainTarget(str, enum.Enum):
     ADAPTER = "adapter"  # the adapter's projections, fusion layer, text prior and per-layer K/V
     BODY_VAE = "body_vae"  # the body VAE alone: reconstruction + KL
     JOINT = "adapter_and_body_vae"  # both, the body vector computed with gradients through the VAE
+    # The diffusers UNet's own weights (plain L_diff on latents and captions, text dropout for CFG); no adapter, no
+    # body. The command line only: the ComfyUI node trains adapters on a loaded MODEL.
+    BASE_UNET = "base_unet"
 
 
 class MixedPrecision(str, enum.Enum):
@@ -163,12 +166,14 @@ class AdapterShapeConfig(_Checked):
 @dataclass(frozen=True)
 class BodyConfig(_Checked):
     """The body VAE: how many views of a person make its c_body, its ELBO's KL weight, its weight beside L when it
-    trains jointly with the adapter, and a new VAE's latent size (BoLID's default 756)."""
+    trains jointly with the adapter, and a new VAE's latent size (BoLID's default 756) and the side its weighted views
+    are letterboxed to (BodyVAEConfig's 128; a small world trains a small VAE fast)."""
 
     views: int = _number(4, 1)
     kl_weight: float = _number(1.0, 0.0)
     joint_weight: float = _number(1.0, 0.0)
     latent_dim: int = _number(756, 1)
+    image_size: int = _number(128, 16, why="the body-view encoder's smallest side")
 
 
 @dataclass(frozen=True)

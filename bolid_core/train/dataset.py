@@ -6,6 +6,9 @@ A dataset looks like this::
       alice/               one folder per person; the folder's name is the person's id, taken as it is
         front.png          images: .png, .jpg, .jpeg, .webp (any case); sorted by name, their order is the view index
         front.txt          optional caption of front.png (same stem)
+        front.keypoints.json   optional pose keypoints of front.png (e.g. a renderer's): a JSON list of 17
+                           [x, y, confidence] triples in COCO-17 order, x and y fractions of the image's width and
+                           height; the pose step reads them instead of running a pose model
         caption.txt        optional caption of alice's images that have no .txt of their own
       bob/
         ...
@@ -15,9 +18,9 @@ Names starting with "." are skipped. Other files and subfolders inside a person'
 `DatasetIndex.notes`. Every problem the scan finds is reported at once, in one `DatasetError`.
 
 The cache (`build_cache`) stores one safetensors file per (image, encoder), keyed by the SHA-256 of the image's
-bytes, the encoder's name and the host's fingerprint of it (and of the encoders it reads, and of the caption where
-it reads the caption). An edited image or a changed encoder is redone; anything unchanged is never recomputed.
-Keep the cache folder outside the dataset folder.
+bytes, the encoder's name and the host's fingerprint of it (and of the encoders it reads, of the caption where it
+reads the caption, and of the keypoints file's bytes where it reads the keypoints). An edited image or a changed
+encoder is redone; anything unchanged is never recomputed. Keep the cache folder outside the dataset folder.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import stat
@@ -46,6 +50,13 @@ from ..files import write_bytes_atomic, write_text_atomic
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp"})
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")  # PIL decoders tried; no exotic formats behind a familiar suffix
 PERSON_CAPTION_NAME = "caption.txt"
+KEYPOINTS_SUFFIX = ".keypoints.json"  # <image stem>.keypoints.json
+KEYPOINTS_FORMAT = (
+    "write a JSON list of 17 [x, y, confidence] triples in COCO-17 order (nose, eyes, ears, shoulders, elbows, "
+    "wrists, hips, knees, ankles), x and y as fractions of the image's width and height in [0, 1], confidence in "
+    "[0, 1] (0 for a point that is not visible)"
+)
+MAX_KEYPOINTS_BYTES = 64 * 1024
 DEFAULT_MIN_VIEWS = 2  # BoLID's body encoder aggregates several views of one person
 DEFAULT_MIN_SIDE = 512
 
@@ -103,6 +114,9 @@ class DatasetImage:
     width: int  # after the EXIF orientation is applied
     height: int
     mode: str  # PIL's mode of the file; anything but RGB is converted when the image is read
+    # The image's <stem>.keypoints.json, checked: 17 (x, y, confidence), x and y fractions of the whole image.
+    keypoints: tuple[tuple[float, float, float], ...] | None = None
+    keypoints_sha256: str | None = None  # of the file's bytes: part of the cache key of encoders that read them
 
     @property
     def label(self) -> str:
@@ -127,6 +141,11 @@ class DatasetIndex:
 
     def __len__(self) -> int:
         return sum(len(person.images) for person in self.persons)
+
+
+def images_without_keypoints(index: DatasetIndex) -> list[str]:
+    """Labels (person/name) of the images that have no <stem>.keypoints.json, in dataset order."""
+    return [image.label for image in index.images if image.keypoints is None]
 
 
 def scan_dataset(
@@ -212,6 +231,7 @@ def _scan_person(
     prefix = f"{person}/"
     image_files: list[tuple[str, Path]] = []
     caption_files: dict[str, tuple[str, Path]] = {}
+    keypoint_files: dict[str, tuple[str, Path]] = {}
     for name, real in _visible_entries(real_root, folder, prefix, problems):
         label = prefix + name
         try:
@@ -223,11 +243,21 @@ def _scan_person(
             notes.append(f"{shown(label)}: a subfolder; ignored (images go directly into the person's folder).")
             continue
         suffix = Path(name).suffix.lower()
+        is_keypoints = name.lower().endswith(KEYPOINTS_SUFFIX) and len(name) > len(KEYPOINTS_SUFFIX)
         if not stat.S_ISREG(mode):
-            if suffix in IMAGE_SUFFIXES or suffix == ".txt":
+            if suffix in IMAGE_SUFFIXES or suffix == ".txt" or is_keypoints:
                 problems.append(f"{shown(label)}: not a regular file; replace it with the file itself.")
             continue
-        if suffix in IMAGE_SUFFIXES:
+        if is_keypoints:
+            stem = name[: -len(KEYPOINTS_SUFFIX)]
+            if stem in keypoint_files:
+                problems.append(
+                    f"{shown(label)}: a second keypoints file for {shown(stem)} (also "
+                    f"{shown(keypoint_files[stem][0])}); keep one."
+                )
+            else:
+                keypoint_files[stem] = (name, real)
+        elif suffix in IMAGE_SUFFIXES:
             image_files.append((name, real))
         elif suffix == ".txt":
             stem = Path(name).stem
@@ -239,7 +269,9 @@ def _scan_person(
             else:
                 caption_files[stem] = (name, real)
         else:
-            notes.append(f"{shown(label)}: not a .png/.jpg/.jpeg/.webp image or a .txt caption; ignored.")
+            notes.append(
+                f"{shown(label)}: not a .png/.jpg/.jpeg/.webp image, a .txt caption or a .keypoints.json; ignored."
+            )
 
     captions = {stem: _read_caption(real, prefix + name, problems) for stem, (name, real) in caption_files.items()}
     person_caption_stem = Path(PERSON_CAPTION_NAME).stem
@@ -248,6 +280,10 @@ def _scan_person(
     for stem, (name, _) in caption_files.items():
         if stem not in image_stems and stem != person_caption_stem:
             notes.append(f"{shown(prefix + name)}: no image named {shown(stem + '.*')}; this caption is not used.")
+    keypoints = {stem: _read_keypoints(real, prefix + name, problems) for stem, (name, real) in keypoint_files.items()}
+    for stem, (name, _) in keypoint_files.items():
+        if stem not in image_stems:
+            notes.append(f"{shown(prefix + name)}: no image named {shown(stem + '.*')}; these keypoints are not used.")
 
     usable = []
     for name, real in image_files:
@@ -255,9 +291,10 @@ def _scan_person(
         inspected = _inspect_image(real, label, min_side, problems)
         own_caption = captions.get(Path(name).stem)
         caption = own_caption if own_caption is not None else person_caption
+        points, points_sha256 = keypoints.get(Path(name).stem) or (None, None)
         if inspected is not None:
             width, height, mode = inspected
-            usable.append((name, real, caption, width, height, mode))
+            usable.append((name, real, caption, width, height, mode, points, points_sha256))
     if not image_files and not caption_files:
         problems.append(f"{shown(prefix)}: the folder is empty; add images of this person or remove the folder.")
     elif len(usable) < min_views:
@@ -265,10 +302,54 @@ def _scan_person(
             f"{shown(prefix)}: {len(usable)} usable image{'s' if len(usable) != 1 else ''}; each person needs at "
             f"least {min_views} views. Add images of this person, remove the folder, or lower min_views."
         )
-    return tuple(
-        DatasetImage(person, view, name, real, caption, width, height, mode)
-        for view, (name, real, caption, width, height, mode) in enumerate(usable)
-    )
+    return tuple(DatasetImage(person, view, *entry) for view, entry in enumerate(usable))
+
+
+def parse_keypoints_file(data: bytes) -> tuple[tuple[float, float, float], ...]:
+    """A <stem>.keypoints.json's bytes → 17 (x, y, confidence); raises ValueError saying what is wrong (the caller
+    names the file and adds KEYPOINTS_FORMAT)."""
+    from ..body.keypoints import COCO_KEYPOINT_NAMES, NUM_KEYPOINTS
+
+    try:
+        value = json.loads(data.decode("utf-8-sig"))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"not UTF-8 text (byte {error.start})") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not valid JSON ({error.msg} at line {error.lineno})") from None
+    if not isinstance(value, list) or len(value) != NUM_KEYPOINTS:
+        what = f"a list of {len(value)} items" if isinstance(value, list) else f"a JSON {type(value).__name__}"
+        raise ValueError(f"{what}, not {NUM_KEYPOINTS} keypoints")
+    points = []
+    for index, point in enumerate(value):
+        where = f"keypoint {index} ({COCO_KEYPOINT_NAMES[index]})"
+        if not isinstance(point, list) or len(point) != 3:
+            raise ValueError(f"{where} is {json.dumps(point)[:40]}, not an [x, y, confidence] triple")
+        for axis, number in zip(("x", "y", "confidence"), point, strict=True):
+            if isinstance(number, bool) or not isinstance(number, (int, float)):
+                raise ValueError(f"{where}: {axis} is {json.dumps(number)[:40]}, not a number")
+            if not math.isfinite(number):
+                raise ValueError(f"{where}: {axis} is {number}, not a finite number")
+            if not 0 <= number <= 1:
+                raise ValueError(f"{where}: {axis} is {number}, outside [0, 1]")
+        points.append((float(point[0]), float(point[1]), float(point[2])))
+    return tuple(points)
+
+
+def _read_keypoints(
+    path: Path, label: str, problems: list[str]
+) -> tuple[tuple[tuple[float, float, float], ...], str] | None:
+    """(the file's 17 keypoints, the SHA-256 of its bytes); None, with the problem added, when it is unusable."""
+    try:
+        data = _read_regular_file(path, MAX_KEYPOINTS_BYTES)
+    except (OSError, ValueError) as error:
+        problems.append(f"{shown(label)}: {error}")
+        return None
+    try:
+        points = parse_keypoints_file(data)
+    except ValueError as error:
+        problems.append(f"{shown(label)}: {error}; {KEYPOINTS_FORMAT}.")
+        return None
+    return points, hashlib.sha256(data).hexdigest()
 
 
 def _read_caption(path: Path, label: str, problems: list[str]) -> str | None:
@@ -379,23 +460,34 @@ class EncoderInput:
     view: int
     name: str
     earlier: Mapping[str, Mapping[str, torch.Tensor]]
+    keypoints: torch.Tensor | None = None  # (17, 3) from the image's keypoints file, fractions of the whole image
 
 
 @dataclass(frozen=True)
 class Encoder:
     """A host's encoder: one image → named tensors. `fingerprint` must change whenever its output would (another
     model file, resolution, version); `uses` names encoders whose outputs it reads (e.g. "weighted_view" reads
-    "keypoints"); `reads_caption` is True when its output depends on the caption (e.g. CLIP text embeddings)."""
+    "keypoints"); `reads_caption` is True when its output depends on the caption (e.g. CLIP text embeddings), and
+    `reads_keypoints` when it depends on the image's keypoints file."""
 
     function: Callable[[EncoderInput], Mapping[str, torch.Tensor]]
     fingerprint: str
     uses: tuple[str, ...] = ()
     reads_caption: bool = False
+    reads_keypoints: bool = False
 
 
-def _encoder_plan(encoders: Mapping[str, Encoder]) -> tuple[tuple[str, ...], dict[str, str], dict[str, bool]]:
+@dataclass(frozen=True)
+class _Plan:
+    order: tuple[str, ...]  # each encoder after those it uses
+    identities: dict[str, str]  # name, fingerprint and the identities of those it uses
+    caption_dependent: dict[str, bool]
+    keypoints_dependent: dict[str, bool]
+
+
+def _encoder_plan(encoders: Mapping[str, Encoder]) -> _Plan:
     """Encoders in an order where each comes after those it uses; each one's identity (name, fingerprint and the
-    identities of those it uses); whether its output depends on the caption."""
+    identities of those it uses); whether its output depends on the caption, and on the keypoints file."""
     if not isinstance(encoders, Mapping) or not encoders:
         raise ValueError("encoders must be a non-empty dict of name → Encoder.")
     for name, encoder in encoders.items():
@@ -413,6 +505,7 @@ def _encoder_plan(encoders: Mapping[str, Encoder]) -> tuple[tuple[str, ...], dic
     order: list[str] = []
     identities: dict[str, str] = {}
     caption_dependent: dict[str, bool] = {}
+    keypoints_dependent: dict[str, bool] = {}
 
     def visit(name: str, path: tuple[str, ...]) -> None:
         if name in identities:
@@ -429,20 +522,28 @@ def _encoder_plan(encoders: Mapping[str, Encoder]) -> tuple[tuple[str, ...], dic
         }
         identities[name] = json.dumps(identity, sort_keys=True)
         caption_dependent[name] = encoder.reads_caption or any(caption_dependent[used] for used in encoder.uses)
+        keypoints_dependent[name] = encoder.reads_keypoints or any(keypoints_dependent[used] for used in encoder.uses)
         order.append(name)
 
     for name in encoders:
         visit(name, ())
-    return tuple(order), identities, caption_dependent
+    return _Plan(tuple(order), identities, caption_dependent, keypoints_dependent)
 
 
-def _entry_key(image_sha256: str, identity: str, caption_sha256: str | None) -> str:
-    text = "\n".join((f"{CACHE_FORMAT}/{CACHE_FORMAT_VERSION}", image_sha256, identity, caption_sha256 or ""))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+NO_KEYPOINTS_FILE = "none"  # the keypoints part of an entry's key when the image has no keypoints file
 
 
-def _entry_metadata(image_sha256: str, encoder: str, identity: str, caption_sha256: str | None) -> dict[str, str]:
-    return {
+def _entry_key(image_sha256: str, identity: str, caption_sha256: str | None, keypoints_part: str | None) -> str:
+    parts = [f"{CACHE_FORMAT}/{CACHE_FORMAT_VERSION}", image_sha256, identity, caption_sha256 or ""]
+    if keypoints_part is not None:  # absent for encoders that do not read keypoints: their keys stay as they were
+        parts.append(f"keypoints:{keypoints_part}")
+    return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()
+
+
+def _entry_metadata(
+    image_sha256: str, encoder: str, identity: str, caption_sha256: str | None, keypoints_part: str | None
+) -> dict[str, str]:
+    metadata = {
         "format": CACHE_FORMAT,
         "format_version": str(CACHE_FORMAT_VERSION),
         "image_sha256": image_sha256,
@@ -450,6 +551,9 @@ def _entry_metadata(image_sha256: str, encoder: str, identity: str, caption_sha2
         "identity": identity,
         "caption_sha256": caption_sha256 or "",
     }
+    if keypoints_part is not None:
+        metadata["keypoints_sha256"] = keypoints_part
+    return metadata
 
 
 def _entry_is_complete(path: Path, expected: Mapping[str, str]) -> bool:
@@ -659,21 +763,23 @@ def _cache_image(
     cache: Path,
     image: DatasetImage,
     encoders: Mapping[str, Encoder],
-    plan: tuple[tuple[str, ...], dict[str, str], dict[str, bool]],
+    plan: _Plan,
     compute: bool,
 ) -> CachedImage:
-    order, identities, caption_dependent = plan
+    order, identities = plan.order, plan.identities
     data = _read_dataset_image(root, image)
     image_sha256 = hashlib.sha256(data).hexdigest()
     caption_sha256 = hashlib.sha256(image.caption.encode("utf-8")).hexdigest()
+    keypoints_sha256 = image.keypoints_sha256 if image.keypoints is not None else NO_KEYPOINTS_FILE
     entries: dict[str, Path] = {}
     expected: dict[str, dict[str, str]] = {}
     stale: list[str] = []
     for name in order:
-        caption_part = caption_sha256 if caption_dependent[name] else None
-        key = _entry_key(image_sha256, identities[name], caption_part)
+        caption_part = caption_sha256 if plan.caption_dependent[name] else None
+        keypoints_part = keypoints_sha256 if plan.keypoints_dependent[name] else None
+        key = _entry_key(image_sha256, identities[name], caption_part, keypoints_part)
         entries[name] = cache / CACHE_ENTRIES_FOLDER / name / key[:2] / f"{key}.safetensors"
-        expected[name] = _entry_metadata(image_sha256, name, identities[name], caption_part)
+        expected[name] = _entry_metadata(image_sha256, name, identities[name], caption_part, keypoints_part)
         if not _entry_is_complete(entries[name], expected[name]):
             stale.append(name)
     if stale and not compute:
@@ -689,6 +795,7 @@ def _cache_image(
                 f"{shown(image.label)} can no longer be read as an image ({error}); scan the dataset again."
             ) from error
         pixels = image_to_pixels(rgb)
+        keypoints = torch.tensor(image.keypoints, dtype=torch.float32) if image.keypoints is not None else None
         outputs: dict[str, dict[str, torch.Tensor]] = {}
         for name in order:
             if name not in stale:
@@ -698,7 +805,7 @@ def _cache_image(
                 used: outputs[used] if used in outputs else load_file(str(entries[used])) for used in encoder.uses
             }
             result = encoder.function(
-                EncoderInput(rgb, pixels, image.caption, image.person, image.view, image.name, earlier)
+                EncoderInput(rgb, pixels, image.caption, image.person, image.view, image.name, earlier, keypoints)
             )
             outputs[name] = _checked_output(result, name, image.label)
             _write_entry(entries[name], outputs[name], expected[name])

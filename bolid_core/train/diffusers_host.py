@@ -131,26 +131,32 @@ def sdxl_time_ids(height: int, width: int, batch: int, like: torch.Tensor) -> to
 
 
 class DiffusersDenoiser:
-    """adapter_task.Denoiser for a diffusers SDXL UNet, frozen, with our processor on every attn2."""
+    """adapter_task.Denoiser for a diffusers SDXL UNet: frozen, with our processor on every attn2, when `attention`
+    is given; else the UNet itself trains (target base_unet), with its own processors."""
 
     def __init__(
         self,
         unet: nn.Module,
         scheduler,
-        attention: AdapterAttention,
+        attention: AdapterAttention | None,
         resolution: int | tuple[int, int],
         gradient_checkpointing: bool = False,
     ) -> None:
-        self.unet, self.attention = unet.requires_grad_(False), attention
+        self.unet, self.attention = unet.requires_grad_(attention is None), attention
         alphas_cumprod = torch.as_tensor(scheduler.alphas_cumprod, dtype=torch.float32)
         self.schedule = NoiseSchedule(alphas_cumprod, PredictionType(scheduler.config.prediction_type))
         self.size = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
-        install_adapter_processors(unet, attention)
+        if attention is not None:
+            install_adapter_processors(unet, attention)
         if gradient_checkpointing:
-            unet.enable_gradient_checkpointing(self._checkpoint)
+            unet.enable_gradient_checkpointing(self._checkpoint if attention is not None else None)
             unet.train()  # SDXL has no dropout: train() changes nothing but what checkpointing looks at
-        else:
+        elif attention is not None:
             unet.eval()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
 
     def _checkpoint(self, module: nn.Module, *args):
         """diffusers' checkpointing (non-reentrant) with the adapter tokens of this forward: the recomputation runs
@@ -170,6 +176,34 @@ class DiffusersDenoiser:
         added = {"text_embeds": pooled, "time_ids": sdxl_time_ids(*self.size, noisy.shape[0], pooled)}
         out = self.unet(noisy.to(dtype), timesteps, encoder_hidden_states=context, added_cond_kwargs=added).sample
         return out.to(noisy.dtype)
+
+
+def save_unet_folder(unet: nn.Module, folder: str | os.PathLike) -> Path:
+    """The UNet as a diffusers folder (config.json + safetensors weights) at `folder`, atomically: written into a
+    temporary folder beside it, then renamed into place; a folder already there is replaced only once the new one is
+    complete, so `folder` never holds a partial model."""
+    import shutil
+    import tempfile
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
+    old = None
+    try:
+        unet.save_pretrained(partial, safe_serialization=True)
+        if folder.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+            os.replace(folder, old / folder.name)
+        os.replace(partial, folder)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        if old is not None and not folder.exists() and (old / folder.name).exists():
+            os.replace(old / folder.name, folder)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    return folder
 
 
 # --- loading local folders --------------------------------------------------------------------------------
@@ -391,6 +425,7 @@ def auxiliary_scorers(
 __all__ = [
     "BoLIDAttnProcessor", "ClipImageEmbedder", "ClipScorer", "DiffusersDenoiser", "ModelFolderError", "SDXLModels",
     "attn2_names", "auxiliary_scorers", "decode_latents", "encode_latents", "encode_prompts", "folder_fingerprint",
-    "install_adapter_processors", "load_clip_score", "load_clip_vision", "load_sdxl", "sdxl_time_ids",
+    "install_adapter_processors", "load_clip_score", "load_clip_vision", "load_sdxl", "save_unet_folder",
+    "sdxl_time_ids",
     "unet_layer_widths", "unet_text_kv",
 ]  # fmt: skip

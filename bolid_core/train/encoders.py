@@ -4,7 +4,8 @@ the pose model) into a `dataset.Encoder` that makes the tensors `adapter_task.Ca
 Every image-based encoder reads the same square crop of the image (`resize_cover`: the centred square of side
 min(H, W), resized to the encoder's resolution), so the latents, the face box, the pose keypoints and the weighted
 body view describe the same pixels. Keypoints are fractions of that crop and do not depend on its resolution; the
-face box is in pixels of the face encoder's crop.
+face box is in pixels of the face encoder's crop. An image's keypoints file (fractions of the whole image) is mapped
+onto the same crop (`keypoints_in_crop`).
 
 Each encoder's fingerprint is the host's (which model) with the encoder's own parameters folded in, so changing a
 resolution or a threshold re-encodes. Outputs are float32 CPU tensors without a batch axis.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +36,7 @@ DEFAULT_DETECTION_CONFIDENCE = 0.25  # detect_poses' default, as the Body ID nod
 DEFAULT_KEYPOINT_CONFIDENCE = 0.5  # the Body ID node's default: keypoints below it are zeroed
 DEFAULT_POSE_IMAGE_SIZE = 640  # detect_poses' default network input side
 DEFAULT_ARCFACE_DIM = 512
+KEYPOINT_FILES_ONLY = "keypoint-files"  # the pose encoder's host fingerprint when it has no pose model
 
 
 def _fingerprint(host: str, encoder: str, **parameters: object) -> str:
@@ -185,8 +188,23 @@ def style_encoder(
     )  # fmt: skip
 
 
+def keypoints_in_crop(keypoints: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(17, 3) keypoints with x, y as fractions of a `height` × `width` image → the same points as fractions of the
+    image's `resize_cover` crop (the centred square of side s = min(H, W), offsets rounded down):
+    x' = (x·W − left) / s, y' = (y·H − top) / s. A point outside the crop, or with confidence 0, becomes (0, 0, 0):
+    invisible, as the pose model reports a point it cannot see."""
+    points = _output(keypoints, "The keypoints", (NUM_KEYPOINTS, 3))
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    x = (points[:, 0] * width - left) / side
+    y = (points[:, 1] * height - top) / side
+    inside = (x >= 0) & (x <= 1) & (y >= 0) & (y <= 1) & (points[:, 2] > 0)
+    mapped = torch.stack([x, y, points[:, 2]], dim=1)
+    return torch.where(inside[:, None], mapped, torch.zeros_like(mapped)).contiguous()
+
+
 def pose_encoder(
-    pose_model: PoseModel,
+    pose_model: PoseModel | None,
     fingerprint: str,
     resolution: int,
     conf: float = DEFAULT_DETECTION_CONFIDENCE,
@@ -194,15 +212,27 @@ def pose_encoder(
     keypoint_conf: float = DEFAULT_KEYPOINT_CONFIDENCE,
     imgsz: int = DEFAULT_POSE_IMAGE_SIZE,
 ) -> Encoder:
-    """ "keypoints": (17, 3): the main person of the R × R crop, as the Body ID node picks one (`detect_poses`: the
-    largest box area × box confidence among those with confidence ≥ `conf`), x and y as fractions of the crop, and
-    the keypoint confidence; keypoints below `keypoint_conf` zeroed; all zeros when nobody is found."""
+    """ "keypoints": (17, 3), x and y as fractions of the R × R crop, and the keypoint confidence: the image's
+    keypoints file when it has one, mapped onto the crop (`keypoints_in_crop`; taken as they are, confidences
+    included); else the main person the pose model finds in the crop, as the Body ID node picks one
+    (`detect_poses`: the largest box area × box confidence among those with confidence ≥ `conf`), keypoints below
+    `keypoint_conf` zeroed, all zeros when nobody is found. Without a pose model (None; fingerprint e.g.
+    KEYPOINT_FILES_ONLY) every image must have its keypoints file."""
     _check_size(resolution, "resolution", 32)
     _check_fraction(conf, "conf", low_open=True)
     _check_fraction(keypoint_conf, "keypoint_conf", low_open=False)
     _check_size(imgsz, "imgsz", 32)
 
     def function(item: EncoderInput) -> dict[str, torch.Tensor]:
+        if item.keypoints is not None:
+            _single_image(item.pixels)
+            height, width = item.pixels.shape[1:3]
+            return {"keypoints": keypoints_in_crop(item.keypoints, height, width)}
+        if pose_model is None:
+            raise RuntimeError(
+                f"{item.person}/{item.name} has no keypoints file ({Path(item.name).stem}.keypoints.json) and no "
+                "pose model was given: write the file, or give a pose model."
+            )
         crop = resize_cover(item.pixels, resolution)
         poses = detect_poses(
             pose_model, crop, detection_confidence=conf, keypoint_confidence=keypoint_conf, image_size=imgsz
@@ -210,7 +240,7 @@ def pose_encoder(
         return {"keypoints": poses.keypoints.points[0].float().contiguous()}
 
     parameters = {"resolution": resolution, "conf": float(conf), "keypoint_conf": float(keypoint_conf), "imgsz": imgsz}
-    return Encoder(function, _fingerprint(fingerprint, CacheKeys.POSE, **parameters))
+    return Encoder(function, _fingerprint(fingerprint, CacheKeys.POSE, **parameters), reads_keypoints=True)
 
 
 def body_view_encoder(fingerprint: str, image_size: int, map_size: int, weighting: WeightingParams) -> Encoder:

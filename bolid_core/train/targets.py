@@ -3,7 +3,9 @@ the diffusers CLI):
 
 - `adapter`: the adapter; a body source reads c_body from a frozen body VAE, once per person before training;
 - `body_vae`: the body VAE alone (its ELBO over keypoint-weighted views); no UNet, no adapter file;
-- `adapter_and_body_vae`: both, c_body computed through the VAE with gradients every step (AdapterTask JOINT).
+- `adapter_and_body_vae`: both, c_body computed through the VAE with gradients every step (AdapterTask JOINT);
+- `base_unet`: the diffusers UNet's own weights on the cached latents and captions (BaseUNetTask), the command line
+  only; written as the diffusers folder `<run.name>_unet/` in the output folder.
 
 A body VAE trained here is written beside the adapter as `<adapter stem>_body_vae.safetensors` (the CLI's
 `<run.name>_body_vae.safetensors` in its output folder; the node's models/bolid/<adapter_name>_body_vae.safetensors).
@@ -25,6 +27,7 @@ from .adapter_task import (
     AdapterCollate,
     AdapterTask,
     AuxiliaryScorers,
+    BaseUNetTask,
     BodyLossWeights,
     CacheKeys,
     Denoiser,
@@ -41,11 +44,15 @@ BODY_VAE_SUFFIX = "_body_vae"
 
 
 def trains_adapter(target: TrainTarget) -> bool:
-    return target is not TrainTarget.BODY_VAE
+    return target in (TrainTarget.ADAPTER, TrainTarget.JOINT)
 
 
 def trains_body_vae(target: TrainTarget) -> bool:
-    return target is not TrainTarget.ADAPTER
+    return target in (TrainTarget.BODY_VAE, TrainTarget.JOINT)
+
+
+def trains_base_unet(target: TrainTarget) -> bool:
+    return target is TrainTarget.BASE_UNET
 
 
 def body_vae_file(adapter_file: str | Path) -> Path:
@@ -58,13 +65,13 @@ def body_vae_file(adapter_file: str | Path) -> Path:
 def start_body_vae(config: TrainConfig, start: BodyVAE | None = None) -> BodyVAE:
     """The body VAE a body target trains: a copy of `start` (so a model the caller still holds, such as a loader's
     cached output, keeps its weights) continued from its weights and shape, or a new one of config.body.latent_dim
-    drawn from config.seed."""
+    and config.body.image_size drawn from config.seed."""
     if start is not None:
         vae = copy.deepcopy(start)
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            vae = BodyVAE(BodyVAEConfig(latent_dim=config.body.latent_dim))
+            vae = BodyVAE(BodyVAEConfig(latent_dim=config.body.latent_dim, image_size=config.body.image_size))
     return vae.float().train().requires_grad_(True)
 
 
@@ -131,9 +138,11 @@ def build_task(
     scorers: AuxiliaryScorers | None = None,
     body_vae: BodyVAE | None = None,
     shard: tuple[int, int] = (0, 1),
-) -> AdapterTask:
+) -> AdapterTask | BaseUNetTask:
     """The Trainer's compute_loss for config.target, every weight and schedule read from the config."""
     loss, rates = config.loss, config.dropout
+    if trains_base_unet(config.target):
+        return BaseUNetTask(denoiser, null_text, rates.text, shard=shard)
     return AdapterTask(
         config.target,
         ConditionDropout(image=rates.image, face=rates.face, body=rates.body, text=rates.text),
@@ -183,5 +192,5 @@ def save_trained(
 
 __all__ = [
     "BODY_VAE_SUFFIX", "BodySetup", "WrittenFiles", "body_setup", "body_vae_file", "build_task", "new_adapter",
-    "save_trained", "start_body_vae", "trains_adapter", "trains_body_vae",
+    "save_trained", "start_body_vae", "trains_adapter", "trains_base_unet", "trains_body_vae",
 ]  # fmt: skip
