@@ -212,7 +212,6 @@ class TrainedModels:
     body_vae_file: Path
     clip_vision_folder: Path
     seconds: dict[str, float] = field(default_factory=dict)
-    losses: dict[str, list[float]] = field(default_factory=dict)
 
 
 def _run_cli(config_path: Path, log: Callable[[str], None]) -> Path:
