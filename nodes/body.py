@@ -163,7 +163,9 @@ class LoadBodyID(io.ComfyNode):
     def fingerprint_inputs(cls, body: str) -> str:
         try:
             return file_fingerprint(saved_body_id_path(body))
-        except (ValueError, FileNotFoundError):
+        except FileNotFoundError:
+            return file_fingerprint(body_id_path(body))  # "missing:<where Save Body ID would write it>"
+        except ValueError:
             return f"invalid:{body!r}"  # execute says why
 
     @classmethod

@@ -67,5 +67,5 @@ def test_save_writes_to_the_users_folder_and_load_finds_shipped_bodies(comfy_nod
     assert (bolid_folders / "bodies" / "mine.safetensors").is_file() and not (SHIPPED / "bodies" / name).exists()
     (loaded,) = comfy_nodes["BoLIDLoadBodyID"].execute(name).result
     assert torch.equal(loaded.c_body, body.c_body)
-    with pytest.raises(FileNotFoundError, match="No saved body ID 'nobody'"):
+    with pytest.raises(FileNotFoundError, match="Saved body ID 'nobody' not found"):
         comfy_nodes["BoLIDLoadBodyID"].execute("nobody")

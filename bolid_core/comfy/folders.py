@@ -136,7 +136,7 @@ def saved_body_id_path(name: str) -> str:
     found = folder_paths.get_full_path("bolid", f"{BODIES_SUBFOLDER}/{os.path.basename(path)}")
     if found is None:
         places = ", ".join(os.path.join(p, BODIES_SUBFOLDER) for p in folder_paths.get_folder_paths("bolid"))
-        raise FileNotFoundError(f"No saved body ID '{name}' in {places}: save one with BoLID Save Body ID first.")
+        raise FileNotFoundError(f"Saved body ID '{name}' not found in {places}: save it with BoLID Save Body ID first.")
     return found
 
 
