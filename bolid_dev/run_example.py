@@ -51,7 +51,7 @@ def _run(workflow_name: str, timeout_s: float | None) -> int:
         workflow_name = MINIATURE_WORKFLOW
         print(
             f"No SDXL checkpoint in {models_root / 'checkpoints'}: running the MINIATURE BoLID instead.\n"
-            "Its models are tiny (a few MB), trained by this pack on a synthetic world of 64 px stick figures,\n"
+            "Its models are tiny (17 MB in all), trained by this pack on a synthetic world of 64 px stick figures,\n"
             "and shipped in miniature_models/. They show the method: text plus a saved body ID gives that body.\n"
             "They are not a picture model. Put an SDXL .safetensors in models/checkpoints for real output."
         )
