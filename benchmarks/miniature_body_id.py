@@ -92,26 +92,6 @@ def combo_names() -> dict[str, str]:
     }
 
 
-def measure_all(images: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """Per image: the error (NaN where unmeasurable), the per-proportion errors, and how many failed."""
-    from bolid_core.miniature import measure
-    from bolid_core.miniature.world import PROPORTION_NAMES
-
-    width = measure.range_widths()
-    errors = np.full(len(images), np.nan)
-    parts = np.full((len(images), len(PROPORTION_NAMES)), np.nan)
-    failures = 0
-    for index, image in enumerate(images):
-        try:
-            measured = measure.measure(image)
-        except measure.MeasurementError:
-            failures += 1
-            continue
-        parts[index] = np.abs(measured - truth) / width
-        errors[index] = parts[index].mean()
-    return errors, parts, failures
-
-
 def example_grid(path: Path, rows: list[tuple[str, list[np.ndarray]]], zoom: int = 3) -> Path:
     """A PNG: one row per condition, one column per example, each 64 px image enlarged `zoom` times."""
     from PIL import Image, ImageDraw
@@ -137,10 +117,10 @@ def run(args: argparse.Namespace) -> tuple[dict, dict]:
         BASE_FILE,
         SCALES,
         Condition,
-        ConditionResult,
         common_people,
         make_heldout,
         make_world,
+        measure_condition,
         paired_reduction,
         scale_dict,
         summarise,
@@ -215,17 +195,8 @@ def run(args: argparse.Namespace) -> tuple[dict, dict]:
         truths=np.stack(truths), true_renders=np.stack(floor_images),
     )  # fmt: skip
 
-    def result_of(stacks: list[np.ndarray]) -> ConditionResult:
-        errors, parts, failures = [], [], 0
-        for images, truth in zip(stacks, truths, strict=True):
-            e, p, f = measure_all(images, truth)
-            errors.append(e)
-            parts.append(p)
-            failures += f
-        return ConditionResult(np.stack(errors), np.stack(parts), failures)
-
-    results = {condition: result_of(per_condition[condition]) for condition in conditions}
-    floor = result_of(floor_images)
+    results = {condition: measure_condition(per_condition[condition], truths) for condition in conditions}
+    floor = measure_condition(floor_images, truths)
     summary = summarise(results, args.seed)
     text, many, few = results[Condition.TEXT], results[Condition.BODY_MANY], results[Condition.BODY_1]
     keep = common_people(results)

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bolid_core.miniature import measure, world
-from bolid_core.miniature.experiment import Condition, ConditionResult, common_people, make_heldout, paired_reduction
+from bolid_core.miniature import world
+from bolid_core.miniature.experiment import Condition, common_people, make_heldout, measure_condition, paired_reduction
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = REPO_ROOT / "miniature_models" / "bolid"
@@ -40,20 +40,6 @@ def miniature_folders(comfy_nodes, tmp_path):
     folder_paths.filename_list_cache.clear()
 
 
-def _result(stacks: list[np.ndarray], truths: list[np.ndarray]) -> ConditionResult:
-    """Per image: the mean normalised error and each proportion's, NaN where the measurer finds no figure."""
-    widths = measure.range_widths()
-    parts = np.full((len(stacks), len(stacks[0]), len(widths)), np.nan)
-    failures = 0
-    for person, (images, truth) in enumerate(zip(stacks, truths, strict=True)):
-        for index, image in enumerate(images):
-            try:
-                parts[person, index] = np.abs(measure.measure(image) - truth) / widths
-            except measure.MeasurementError:
-                failures += 1
-    return ConditionResult(parts.mean(axis=-1), parts, failures)
-
-
 def test_body_id_beats_text_alone_and_survives_save_and_load(comfy_nodes, miniature_folders) -> None:
     from bolid_core.comfy.miniature_experiment import Generator, load_models, person_images
 
@@ -71,7 +57,7 @@ def test_body_id_beats_text_alone_and_survives_save_and_load(comfy_nodes, miniat
         for condition, stack in stacks.items():
             stack.append(images[condition])
         truths.append(world.true_proportions(person.body))
-    text, body = (_result(stacks[condition], truths) for condition in (Condition.TEXT, Condition.BODY_MANY))
+    text, body = (measure_condition(stacks[condition], truths) for condition in (Condition.TEXT, Condition.BODY_MANY))
     results = {Condition.TEXT: text, Condition.BODY_MANY: body}
     keep = common_people(results)
     assert keep.sum() >= PEOPLE // 2, f"the measurer found a figure for only {keep.sum()} of {PEOPLE} people"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import diffusers_factories
@@ -67,11 +66,7 @@ def run_config(
 
 
 def write_config(path: Path, config: dict) -> Path:
-    """As TOML (only the tables and values the tests use)."""
-    lines = [f"{key} = {json.dumps(value)}" for key, value in config.items() if not isinstance(value, dict)]
-    for table, values in config.items():
-        if isinstance(values, dict):
-            lines.append(f"[{table}]")
-            lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
-    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return Path(path)
+    """As TOML, with the writer the miniature experiment uses for its own CLI runs."""
+    from bolid_core.miniature.experiment import write_toml
+
+    return write_toml(Path(path), config)

@@ -37,6 +37,7 @@ from ..train.dataset import (
     PreprocessedDataset,
     build_cache,
     images_without_keypoints,
+    listed,
     min_side_for,
     scan_dataset,
 )
@@ -302,11 +303,10 @@ def check_pose_source(models: TrainingModels, config: TrainConfig, index: Datase
         return
     missing = images_without_keypoints(index)
     if missing:
-        names = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
         raise ValueError(
             f"Training target '{config.target.value}' trains the body VAE on pose keypoints: connect pose_model (BoLID "
             f"Pose Model Loader), or write <stem>.keypoints.json beside the {len(missing)} image(s) without one "
-            f"({names}), or pick the target 'adapter'."
+            f"({listed(missing)}), or pick the target 'adapter'."
         )
 
 

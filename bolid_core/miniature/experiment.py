@@ -19,7 +19,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -328,6 +328,23 @@ class ConditionResult:
 
     def per_person(self) -> np.ndarray:
         return np.nanmean(self.errors, axis=1)
+
+
+def measure_condition(stacks: Sequence[np.ndarray], truths: Sequence[np.ndarray]) -> ConditionResult:
+    """One condition's images (a stack per person) measured against each person's true proportions: per image the
+    normalised error of each proportion and their mean, NaN where the measurer finds no figure."""
+    from . import measure
+
+    widths = measure.range_widths()
+    parts = np.full((len(stacks), max(len(images) for images in stacks), len(widths)), np.nan)
+    failures = 0
+    for person, (images, truth) in enumerate(zip(stacks, truths, strict=True)):
+        for index, image in enumerate(images):
+            try:
+                parts[person, index] = np.abs(measure.measure(image) - truth) / widths
+            except measure.MeasurementError:
+                failures += 1
+    return ConditionResult(parts.mean(axis=-1), parts, failures)
 
 
 def common_people(results: Mapping[Condition, ConditionResult]) -> np.ndarray:

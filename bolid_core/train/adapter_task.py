@@ -300,6 +300,27 @@ class LossWeights:
     prior: float = 1.0  # the text prior's regression onto the image embeds (our choice; FaceStudio gives none)
 
 
+def draw_step(
+    schedule: NoiseSchedule,
+    x0: torch.Tensor,
+    dropout: ConditionDropout,
+    shard: tuple[int, int],
+    generator: torch.Generator,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, dict[ConditionSource, torch.Tensor]]:
+    """A step's timesteps, noise and dropout masks, in this order, drawn for the whole global batch (world size
+    times this process's rows) and cut to this process's rows: N processes see what one with N times the batch sees."""
+    size = x0.shape[0]
+    rank, world = shard
+    rows = slice(rank * size, (rank + 1) * size)
+    timesteps = torch.randint(0, schedule.steps, (size * world,), generator=generator, device=generator.device)
+    noise = torch.randn(
+        (size * world, *x0.shape[1:]), generator=generator, device=generator.device, dtype=torch.float32
+    )
+    dropped = {source: mask[rows] for source, mask in dropout.draw(size * world, generator).items()}
+    return timesteps[rows].to(device), noise[rows].to(device=device, dtype=x0.dtype), dropped
+
+
 class AdapterTask:
     """compute_loss(batch, step, generator) for the Trainer: one forward of the host's UNet on noised latents with
     every condition dropped at its own rate, BoLID eq. 14 on top, and the body VAE's ELBO when it trains jointly."""
@@ -378,16 +399,8 @@ class AdapterTask:
         adapter = denoiser.attention.adapter
         device = _device_of(adapter)
         x0 = _required(batch.latents, "latents (encoder 'latents')").to(device)
-        size = x0.shape[0]
-        rank, world = self.shard
-        rows = slice(rank * size, (rank + 1) * size)
         # One draw order every step, whatever is used: timesteps, noise, dropout, then the body VAE's sampling.
-        timesteps = torch.randint(0, schedule.steps, (size * world,), generator=generator, device=generator.device)
-        noise = torch.randn(
-            (size * world, *x0.shape[1:]), generator=generator, device=generator.device, dtype=torch.float32
-        )
-        dropped = {source: mask[rows] for source, mask in self.dropout.draw(size * world, generator).items()}
-        timesteps, noise = timesteps[rows].to(device), noise[rows].to(device=device, dtype=x0.dtype)
+        timesteps, noise, dropped = draw_step(schedule, x0, self.dropout, self.shard, generator, device)
 
         body_terms: dict[str, torch.Tensor] = {}
         c_body = batch.c_body
@@ -515,15 +528,8 @@ class BaseUNetTask:
         pooled = _required(batch.pooled, "caption encodings (encoder 'text')")
         device = getattr(denoiser, "device", x0.device)
         x0, context, pooled = x0.to(device), context.to(device), pooled.to(device)
-        size = x0.shape[0]
-        rank, world = self.shard
-        rows = slice(rank * size, (rank + 1) * size)
-        timesteps = torch.randint(0, schedule.steps, (size * world,), generator=generator, device=generator.device)
-        noise = torch.randn(
-            (size * world, *x0.shape[1:]), generator=generator, device=generator.device, dtype=torch.float32
-        )
-        dropped = self.dropout.draw(size * world, generator)[ConditionSource.TEXT][rows].to(device)
-        timesteps, noise = timesteps[rows].to(device), noise[rows].to(device=device, dtype=x0.dtype)
+        timesteps, noise, dropped = draw_step(schedule, x0, self.dropout, self.shard, generator, device)
+        dropped = dropped[ConditionSource.TEXT].to(device)
         if self.null_text is not None:
             context = torch.where(dropped[:, None, None], self.null_text.context.to(context), context)
             pooled = torch.where(dropped[:, None], self.null_text.pooled.to(pooled), pooled)

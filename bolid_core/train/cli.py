@@ -188,14 +188,13 @@ def check_pose_source(train: TrainConfig, paths: PathsConfig, index) -> None:
     paths.pose_model; without one, every image must have its keypoints file."""
     if not _uses_body(train) or paths.pose_model is not None:
         return
-    from .dataset import images_without_keypoints
+    from .dataset import images_without_keypoints, listed
 
     missing = images_without_keypoints(index)
     if missing:
-        shown_names = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
         raise ConfigError(
             f"is missing: the body source and the body VAE read pose keypoints, and {len(missing)} image(s) have no "
-            f"<stem>.keypoints.json beside them ({shown_names}). Add a pose model, or write their keypoints files.",
+            f"<stem>.keypoints.json beside them ({listed(missing)}). Add a pose model, or write their keypoints files.",
             "paths.pose_model",
         )
 

@@ -148,6 +148,11 @@ def images_without_keypoints(index: DatasetIndex) -> list[str]:
     return [image.label for image in index.images if image.keypoints is None]
 
 
+def listed(labels: list[str], limit: int = 10) -> str:
+    """Labels for an error message: the first `limit`, then how many more."""
+    return ", ".join(labels[:limit]) + (f" and {len(labels) - limit} more" if len(labels) > limit else "")
+
+
 def scan_dataset(
     root: str | os.PathLike,
     *,
