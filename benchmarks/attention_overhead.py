@@ -3,8 +3,10 @@
     .venv/bin/python -m benchmarks.attention_overhead --unet full   # SDXL-size UNet, ~20 s a step on CPU
     .venv/bin/python -m benchmarks.attention_overhead --unet tiny   # quick run
 
-Three patched runs: two global sources (reference image and body), one source, and two identities in
-two regions (FaceStudio's multi-identity attention: each half of the latent attends to its own face).
+Four patched runs: two global sources (reference image and body), the same two with a weight type and K+V
+scaling (IPAdapter_plus's "ease in-out" and "K+V w/ C penalty": per-layer weights baked into the cached K/V),
+one source, and two identities in two regions (FaceStudio's multi-identity attention: each half of the latent
+attends to its own face).
 
 Whole-step timings on a shared CPU swing by more than the effect, so the added time is measured
 directly: inside every patched cross-attention call, the plain text attention it replaces and the
@@ -27,6 +29,12 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_FRACTION = 0.015  # two sources, or two identities in two regions, may add at most 1.5 % of the step
 TWO_REGIONS = "two_regions"
+TWO_WEIGHTED = "two_weighted"  # two sources, weight type "ease in-out", embeds scaling "K+V w/ C penalty"
+WITH_TARGET = (2, TWO_WEIGHTED, TWO_REGIONS)
+WHAT = {
+    TWO_REGIONS: "two identities in two regions",
+    TWO_WEIGHTED: "2 global sources, weight type ease in-out, K+V w/ C penalty",
+}
 
 
 def _sync(device: torch.device) -> None:
@@ -69,19 +77,22 @@ def build_model(unet: str, dtype: torch.dtype):
 
 
 def patch_model(model, run: int | str):
-    """The model with a BoLID adapter: `run` global sources (reference image, then body), or two identities (face
-    sources) in the left and right halves of the latent; 4 tokens per source."""
+    """The model with a BoLID adapter: `run` global sources (reference image, then body), the two with a weight type
+    and K+V scaling (TWO_WEIGHTED), or two identities (face sources) in the left and right halves of the latent;
+    4 tokens per source."""
     from bolid_test_models.tiny_models import randomize_
 
     from bolid_core.adapter import AdapterKind, AdapterSpec, ClipInput, Source, new_bolid_adapter
+    from bolid_core.adapter.layer_weights import EmbedsScaling, WeightType, plan_layers, transformer_blocks
     from bolid_core.comfy.attn2 import AppliedSource, RegionLayout, apply_adapter, attn2_layer_keys
 
-    widths = tuple(width for _, width in attn2_layer_keys(model))
+    layers = attn2_layer_keys(model)
+    widths = tuple(width for _, width in layers)
     regional = run == TWO_REGIONS
     if regional:
         tokens = {Source.FACE: 4}
     else:
-        tokens = {Source.IMAGE: 4, Source.BODY: 4} if run == 2 else {Source.IMAGE: 4}
+        tokens = {Source.IMAGE: 4, Source.BODY: 4} if run in (2, TWO_WEIGHTED) else {Source.IMAGE: 4}
     spec = AdapterSpec(
         AdapterKind.BOLID, 2048, widths, tokens, clip_dim=1280, clip_input=ClipInput.EMBEDS, face_dim=512,
         body_dim=756, fusion_dim=1280 if regional else None,
@@ -89,9 +100,13 @@ def patch_model(model, run: int | str):
     adapter = randomize_(new_bolid_adapter(spec), seed=1)
     g = torch.Generator().manual_seed(2)
     if not regional:
+        weighted = {}
+        if run == TWO_WEIGHTED:
+            plan = plan_layers(WeightType.EASE_IN_OUT, 1.0, transformer_blocks([key for key, _ in layers]))
+            weighted = {"layer_weights": plan.weights, "scaling": EmbedsScaling.K_V_C_PENALTY}
         applied = [
-            AppliedSource(source, torch.randn(1, count, 2048, generator=g), torch.zeros(1, count, 2048), 1.0)
-            for source, count in tokens.items()
+            AppliedSource(source, torch.randn(1, n, 2048, generator=g), torch.zeros(1, n, 2048), 1.0, **weighted)
+            for source, n in tokens.items()
         ]
         return apply_adapter(model, adapter, applied)
     applied = [
@@ -132,7 +147,7 @@ def kv_recompute_seconds(patched, device: torch.device, dtype: torch.dtype) -> f
     for layer in range(len(patches)):
         for index in range(len(applied.sources)):
             for on in (True, False):
-                applied._kv_cache.pop((layer, index, on, like.device, like.dtype), None)
+                applied._kv_cache.pop((layer, index, on, like.device, like.dtype, 1), None)
                 applied.kv(layer, index, on, like)
     _sync(device)
     return time.perf_counter() - start
@@ -163,7 +178,7 @@ def measure(model, unet: str, sources: int | str, repeats: int, device_name: str
     return {
         "unet": unet,
         "sources": sources,
-        "what": "two identities in two regions" if sources == TWO_REGIONS else f"{sources} global source(s)",
+        "what": WHAT.get(sources, f"{sources} global source(s)"),
         "tokens_per_source": 4,
         "latent": list(latent_hw),
         "batch": 2,
@@ -181,8 +196,8 @@ def measure(model, unet: str, sources: int | str, repeats: int, device_name: str
         "added_fraction_of_unpatched_step": added_median / unpatched_median,
         "kv_recompute_s_per_step": kv_seconds,
         "kv_recompute_fraction_of_unpatched_step": kv_seconds / unpatched_median,
-        "target_fraction": TARGET_FRACTION if sources in (2, TWO_REGIONS) else None,
-        "meets_target": added_median / unpatched_median <= TARGET_FRACTION if sources in (2, TWO_REGIONS) else None,
+        "target_fraction": TARGET_FRACTION if sources in WITH_TARGET else None,
+        "meets_target": added_median / unpatched_median <= TARGET_FRACTION if sources in WITH_TARGET else None,
     }
 
 
@@ -205,7 +220,8 @@ def main() -> int:
         "machine": platform.machine(),
         "threads": torch.get_num_threads(),
         "runs": [
-            measure(model, args.unet, sources, args.repeats, args.device, dtype) for sources in (2, 1, TWO_REGIONS)
+            measure(model, args.unet, sources, args.repeats, args.device, dtype)
+            for sources in (2, TWO_WEIGHTED, 1, TWO_REGIONS)
         ],
     }
     out = args.out or RESULTS / f"attention_overhead_{args.unet}_{args.device}.json"

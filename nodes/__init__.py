@@ -13,15 +13,19 @@ from .body import (
     RandomBodyID,
     SaveBodyID,
 )
+from .embeds import EncodeImage, LoadFaceEmbeds, LoadImageEmbeds, SaveFaceEmbeds, SaveImageEmbeds
 from .evaluation import FastFaceMetrics
 from .face import FaceEmbed, InsightFaceLoader
 from .guidance import DecoupledCFGGuider
 from .identity import FacesOfOnePerson, IdentityMix
 from .keypoints import KeypointsFromJSON, KeypointWeighting
 from .miniature import MiniatureModelLoader
+from .negative_noise import NegativeImageNoise
 from .regions import AddRegion, RegionsPreview
 from .segmentation import PersonRegions, SegmentationModelLoader
+from .style_composition import ApplyStyleComposition
 from .training import TrainAdapter
+from .unified_loader import UnifiedLoader
 
 
 class BoLIDExtension(ComfyExtension):
@@ -31,5 +35,6 @@ class BoLIDExtension(ComfyExtension):
             PoseModelLoader, BodyEncoderLoader, BodyIDFromImages, SaveBodyID, LoadBodyID, RandomBodyID, BlendBodyIDs,
             DecoupledCFGGuider, FastFaceAttention, FastFaceMetrics, IdentityMix, FacesOfOnePerson,
             SegmentationModelLoader, PersonRegions, AddRegion, RegionsPreview, TrainAdapter,
-            MiniatureModelLoader,
+            MiniatureModelLoader, UnifiedLoader, ApplyStyleComposition,
+            EncodeImage, SaveImageEmbeds, LoadImageEmbeds, SaveFaceEmbeds, LoadFaceEmbeds, NegativeImageNoise,
         ]  # fmt: skip

@@ -22,7 +22,14 @@ from bolid_core.adapter import (
     new_bolid_adapter,
     save_adapter,
 )
-from bolid_core.adapter.tokens import ReferenceCombine, body_tokens, combine_references, face_tokens, image_tokens
+from bolid_core.adapter.tokens import (
+    ReferenceCombine,
+    body_tokens,
+    combine_embeddings,
+    face_tokens,
+    image_tokens,
+    side_by_side,
+)
 from bolid_core.attention import SourceKV, adapter_attention
 
 
@@ -154,7 +161,9 @@ def test_plain_and_plus_layouts_are_detected(tmp_path: Path) -> None:
     on, off = image_tokens(plain, embeds, torch.zeros(1, 1024))
     raw = F.linear(embeds, state["image_proj.proj.weight"], state["image_proj.proj.bias"]).reshape(3, 4, 2048)
     torch.testing.assert_close(on, ln(raw, state, "image_proj.norm"), rtol=1e-4, atol=1e-4)
-    assert off.shape == (1, 4, 2048)
+    # One null per reference (issue 12: matched to the references like the peer's tensor_to_size).
+    null = ln(state["image_proj.proj.bias"].reshape(1, 4, 2048), state, "image_proj.norm")
+    torch.testing.assert_close(off, null.expand(3, -1, -1), rtol=1e-4, atol=1e-4)
 
 
 def test_wrong_sizes_and_unknown_layouts_are_clear(tmp_path: Path) -> None:
@@ -220,10 +229,11 @@ def test_bolid_adapter_round_trip_and_version_check(tmp_path: Path) -> None:
 
 
 def test_reference_combination() -> None:
-    tokens = torch.arange(24, dtype=torch.float32).reshape(2, 3, 4)
-    torch.testing.assert_close(
-        combine_references(tokens, ReferenceCombine.AVERAGE), ((tokens[0] + tokens[1]) / 2)[None]
-    )
-    concatenated = combine_references(tokens, ReferenceCombine.CONCAT)
+    # Issue 12: references combine as encoder embeddings before the projection (IPAdapter_plus), no longer as tokens.
+    embeds = torch.arange(24, dtype=torch.float32).reshape(2, 3, 4)
+    average = combine_embeddings(embeds, ReferenceCombine.AVERAGE)
+    torch.testing.assert_close(average, ((embeds[0] + embeds[1]) / 2)[None])
+    assert torch.equal(combine_embeddings(embeds, ReferenceCombine.CONCAT), embeds)
+    concatenated = side_by_side(embeds)
     assert concatenated.shape == (1, 6, 4)
-    torch.testing.assert_close(concatenated[0, 3:], tokens[1])
+    torch.testing.assert_close(concatenated[0, 3:], embeds[1])

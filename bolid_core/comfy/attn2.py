@@ -17,6 +17,7 @@ import torch
 from comfy.ldm.modules.attention import BasicTransformerBlock, optimized_attention
 
 from ..adapter.checkpoint import Adapter, AdapterFormatError, Source
+from ..adapter.layer_weights import EmbedsScaling, scaled_kv
 from ..attention import AttentionManipulation, SourceKV, adapter_attention, block_grid, mask_to_queries
 from ..identity.regions import Background, region_weights
 from .steps import step_index
@@ -40,7 +41,8 @@ def attn2_layer_keys(model: comfy.model_patcher.ModelPatcher) -> list[tuple[Laye
 
 @dataclass(frozen=True)
 class AppliedSource:
-    """One adapter source as applied: tokens with the source on and off, weight, window, mask, AM."""
+    """One adapter source as applied: tokens with the source on and off, weight (or one per layer), window, mask,
+    AM, embeds scaling."""
 
     source: Source
     tokens_on: torch.Tensor  # (1, tokens, context_dim)
@@ -52,6 +54,12 @@ class AppliedSource:
     manipulation: AttentionManipulation | None = None  # FastFace AM of this source's attention map
     switch_name: str = "id"  # the name a guider uses in SOURCE_SWITCH_KEY to switch it per cond
     region: int | None = None  # the identity region whose tokens alone attend to this source (FaceStudio)
+    # Per attn2 layer (attn2_layer_keys order), the absolute weight that replaces `weight` there; None: `weight`
+    # everywhere. Layers in `swapped_layers` give the ID branch nothing and the null branch the ID tokens.
+    layer_weights: tuple[float, ...] | None = None
+    swapped_layers: frozenset[int] = frozenset()
+    scaling: EmbedsScaling = EmbedsScaling.V_ONLY
+    unfold: bool = False  # tokens_on/off hold one reference per latent: latent i of each chunk gets reference i
 
 
 @dataclass(frozen=True)
@@ -76,17 +84,50 @@ class AppliedAdapter:
     regions: RegionLayout | None = None
     _kv_cache: dict = field(default_factory=dict)
 
-    def kv(self, layer: int, index: int, switched_on: bool, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """K and V of one source's tokens at one layer, computed once per device and dtype."""
-        key = (layer, index, switched_on, like.device, like.dtype)
+    def kv(
+        self, layer: int, index: int, switched_on: bool, like: torch.Tensor, per_chunk: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V of one source's tokens at one layer, computed once per device and dtype (and latent batch, for an
+        unfolded source). (1, tokens, width); unfolded: (per_chunk, tokens, width), sample i with reference
+        min(i, references - 1). The K+V scalings have this layer's weight baked in."""
+        applied = self.sources[index]
+        rows = per_chunk if applied.unfold else 1
+        key = (layer, index, switched_on, like.device, like.dtype, rows)
         if key not in self._kv_cache:
-            applied = self.sources[index]
             tokens = applied.tokens_on if switched_on else applied.tokens_off
+            if applied.unfold:  # IPAdapter_plus's tensor_to_size: the last reference repeats, extra ones are unused
+                tokens = tokens[[min(i, tokens.shape[0] - 1) for i in range(rows)]]
             projection = self.adapter.kv(layer, applied.source)
             weight_k = projection.to_k.weight.to(like.device, like.dtype)
             weight_v = projection.to_v.weight.to(like.device, like.dtype)
             tokens = tokens.to(like.device, like.dtype)
-            self._kv_cache[key] = (tokens @ weight_k.T, tokens @ weight_v.T)
+            weight = layer_weight(applied, layer)
+            self._kv_cache[key] = scaled_kv(tokens @ weight_k.T, tokens @ weight_v.T, applied.scaling, weight)
+        return self._kv_cache[key]
+
+    def batch_kv(
+        self, layer: int, index: int, switched: tuple[bool, ...], per_chunk: int, like: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V for a whole chunked batch, chunk j with the source switched on as switched[j] says; batch 1 when
+        every row gets the same. Made once per batch layout, so a step only looks them up."""
+        key = ("batch", layer, index, switched, per_chunk, like.device, like.dtype)
+        if key not in self._kv_cache:
+            pairs = [self.kv(layer, index, on, like, per_chunk) for on in switched]
+            if all(on == switched[0] for on in switched) and pairs[0][0].shape[0] == 1:
+                self._kv_cache[key] = pairs[0]
+            else:
+                keys = torch.cat([k.expand(per_chunk, -1, -1) for k, _ in pairs])
+                values = torch.cat([v.expand(per_chunk, -1, -1) for _, v in pairs])
+                self._kv_cache[key] = (keys, values)
+        return self._kv_cache[key]
+
+    def swap_rows(self, switched: tuple[bool, ...], per_chunk: int, like: torch.Tensor) -> torch.Tensor:
+        """(batch,) 1 on the rows of chunks whose source is switched off, 0 elsewhere: on a precise type's swapped
+        layer only the null branch, given the ID tokens, attends to the source."""
+        key = ("swap_rows", switched, per_chunk, like.device)
+        if key not in self._kv_cache:
+            rows = torch.tensor([0.0 if on else 1.0 for on in switched], device=like.device)
+            self._kv_cache[key] = rows.repeat_interleave(per_chunk)
         return self._kv_cache[key]
 
     def mask(
@@ -119,6 +160,11 @@ class AppliedAdapter:
         return self._kv_cache[key][region]
 
 
+def layer_weight(applied: AppliedSource, layer: int) -> float:
+    """The source's weight at one attn2 layer: its per-layer weight where it has them, else its weight."""
+    return applied.weight if applied.layer_weights is None else applied.layer_weights[layer]
+
+
 def _check_mask_batch(masks: int, per_chunk: int, what: str) -> None:
     if masks not in (1, per_chunk):
         raise ValueError(
@@ -141,13 +187,33 @@ def wrapped_attention(inner: Callable | None, q, k, v, extra_options: dict) -> t
     return optimized_attention(q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"))
 
 
+@dataclass(frozen=True)
+class _LayerSource:
+    """What one source does at one layer, fixed when the patch is made."""
+
+    index: int
+    applied: AppliedSource
+    scale: float  # what multiplies the attention output: the weight (V only), else 1 (baked into K/V)
+    swapped: bool
+
+
 class AdapterAttentionPatch:
     def __init__(self, applied: AppliedAdapter, layer: int, inner: Callable | None) -> None:
         self.applied, self.layer, self.inner = applied, layer, inner
+        self._layer_sources = []
+        for index, source in enumerate(applied.sources):
+            weight = layer_weight(source, layer)
+            if weight == 0:
+                continue
+            scale = weight if source.scaling == EmbedsScaling.V_ONLY else 1.0
+            self._layer_sources.append(_LayerSource(index, source, scale, layer in source.swapped_layers))
+        self._manipulated = any(s.applied.manipulation is not None for s in self._layer_sources)
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
         heads = extra_options["n_heads"]
         out = wrapped_attention(self.inner, q, k, v, extra_options)
+        if not self._layer_sources:
+            return out
         sources = self._sources(q, extra_options)
         if not sources:
             return out
@@ -159,24 +225,25 @@ class AdapterAttentionPatch:
         sigmas = extra_options["sigmas"].to(q.device, torch.float32)
         if sigmas.shape[0] != q.shape[0]:  # one sigma per latent: the chunks repeat the latent batch
             sigmas = sigmas.repeat(q.shape[0] // sigmas.shape[0])
-        manipulated = any(applied.manipulation is not None for applied in self.applied.sources)
-        step = step_index(sigmas, extra_options.get("sample_sigmas"))[0] if manipulated else 0
+        step = step_index(sigmas, extra_options.get("sample_sigmas"))[0] if self._manipulated else 0
         sources = []
-        for index, applied in enumerate(self.applied.sources):
+        for layer_source in self._layer_sources:
+            index, applied = layer_source.index, layer_source.applied
             in_window = (sigmas <= applied.sigma_start) & (sigmas >= applied.sigma_end)
-            if applied.weight == 0 or not bool(in_window.any()):
+            if not bool(in_window.any()):
                 continue
-            keys, values = [], []
-            for cond_index in chunks:
-                on = _switched_on(extra_options, cond_index, applied.switch_name)
-                key, value = self.applied.kv(self.layer, index, on, q)
-                keys.append(key.expand(per_chunk, -1, -1))
-                values.append(value.expand(per_chunk, -1, -1))
+            switched = tuple(_switched_on(extra_options, cond_index, applied.switch_name) for cond_index in chunks)
+            scale = layer_source.scale * in_window.float()
+            if layer_source.swapped:  # the null branch gets the ID tokens; the ID branch gets nothing
+                if all(switched):
+                    continue
+                scale = scale * self.applied.swap_rows(switched, per_chunk, q)
+                switched = (True,) * len(chunks)
+            key, value = self.applied.batch_kv(self.layer, index, switched, per_chunk, q)
             latent_hw = tuple(extra_options["original_shape"][-2:])
             mask = self.applied.mask(index, latent_hw, q.shape[1], len(chunks), per_chunk, q)
             hook = applied.manipulation.bind(extra_options["block"][0], step) if applied.manipulation else None
-            scale = applied.weight * in_window.float()
-            sources.append(SourceKV(torch.cat(keys), torch.cat(values), scale, mask, hook, known_active=True))
+            sources.append(SourceKV(key, value, scale, mask, hook, known_active=True))
         return sources
 
     def to(self, device: torch.device) -> AdapterAttentionPatch:
@@ -237,6 +304,8 @@ def apply_adapter(
     regional = sorted({s.region for s in sources if s.region is not None})
     if regional and (regions is None or regional[-1] >= len(regions.masks)):
         raise ValueError(f"Sources name regions {regional} but {0 if regions is None else len(regions.masks)} given.")
+    for source in sources:
+        _check_layer_plan(source, len(keys))
     patched = model.clone()
     applied = AppliedAdapter(adapter, sources, adapter_patcher(adapter, model.load_device), regions)
     existing = patched.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
@@ -244,6 +313,21 @@ def apply_adapter(
         inner = existing.get(key, existing.get(key[:2]))
         patched.set_model_attn2_replace(AdapterAttentionPatch(applied, layer, inner), *key)
     return patched
+
+
+def _check_layer_plan(source: AppliedSource, layers: int) -> None:
+    if source.layer_weights is not None and len(source.layer_weights) != layers:
+        raise ValueError(
+            f"The {source.source.value} source has {len(source.layer_weights)} per-layer weights but the model has "
+            f"{layers} cross-attention layers: plan its layers for this model (plan_layers with its attn2 keys)."
+        )
+    if any(not 0 <= layer < layers for layer in source.swapped_layers):
+        raise ValueError(
+            f"The {source.source.value} source swaps layers {sorted(source.swapped_layers)} but the model has "
+            f"{layers} cross-attention layers: plan its layers for this model."
+        )
+    if source.unfold and (source.tokens_on.ndim != 3 or source.tokens_off.ndim != 3):
+        raise ValueError("An unfolded source needs tokens shaped (references, tokens, width).")
 
 
 def with_manipulation(

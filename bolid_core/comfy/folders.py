@@ -107,15 +107,17 @@ def model_choice_fingerprint(choice: str, folders: tuple[str, ...]) -> str:
         return f"missing:{choice}"
 
 
-# Saved body IDs live in models/bolid/bodies and the miniature base models in models/bolid/miniature; everything else
-# in models/bolid is an adapter or a body encoder.
+# Saved body IDs live in models/bolid/bodies, saved image and face embeddings in models/bolid/embeds and the miniature
+# base models in models/bolid/miniature; everything else in models/bolid is an adapter or a body encoder.
 BODIES_SUBFOLDER = "bodies"
+EMBEDS_SUBFOLDER = "embeds"
 MINIATURE_SUBFOLDER = "miniature"
 _SAVE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}")
 
 
 def _reserved(folder: str, name: str) -> bool:
-    return folder == "bolid" and name.replace("\\", "/").split("/", 1)[0] in (BODIES_SUBFOLDER, MINIATURE_SUBFOLDER)
+    subfolder = name.replace("\\", "/").split("/", 1)[0]
+    return folder == "bolid" and subfolder in (BODIES_SUBFOLDER, EMBEDS_SUBFOLDER, MINIATURE_SUBFOLDER)
 
 
 def body_encoder_choices() -> list[str]:
@@ -153,6 +155,41 @@ def body_id_path(name: str) -> str:
     path = os.path.realpath(os.path.join(bodies, f"{stem}.safetensors"))
     if os.path.commonpath([path, bodies]) != bodies:
         raise ValueError(f"'{name}' leaves models/bolid/{BODIES_SUBFOLDER}; refused.")
+    return path
+
+
+def embeds_choices() -> list[str]:
+    """Saved embeddings (image and face) in models/bolid/embeds of every bolid model folder, by file name."""
+    prefix = f"{EMBEDS_SUBFOLDER}/"
+    names = folder_paths.get_filename_list("bolid")
+    return sorted({name[len(prefix) :] for name in names if name.startswith(prefix) and "/" not in name[len(prefix) :]})
+
+
+def saved_embeds_path(name: str) -> str:
+    """The saved embeddings file `name` (a plain file name) in models/bolid/embeds, a user's folder first; a missing
+    one is an error naming where it was looked for."""
+    stem = _plain_stem(name, "embeddings file")
+    found = folder_paths.get_full_path("bolid", f"{EMBEDS_SUBFOLDER}/{stem}.safetensors")
+    if found is None:
+        places = ", ".join(os.path.join(p, EMBEDS_SUBFOLDER) for p in folder_paths.get_folder_paths("bolid"))
+        raise FileNotFoundError(
+            f"Saved embeddings '{name}' not found in {places}: save them with a BoLID Save ... Embeds node first, "
+            "then refresh the editor (R)."
+        )
+    return found
+
+
+def new_embeds_path(filename_prefix: str) -> str:
+    """models/bolid/embeds/<prefix>_<counter>.safetensors in the user's bolid folder, the counter one past the
+    highest taken (as ComfyUI numbers saved images); a prefix that is not a plain file name is refused."""
+    stem = _plain_stem(filename_prefix, "embeddings file")
+    folder = os.path.realpath(os.path.join(folder_paths.get_folder_paths("bolid")[0], EMBEDS_SUBFOLDER))
+    numbered = re.compile(rf"{re.escape(stem)}_(\d+)\.safetensors")
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    taken = [int(match.group(1)) for name in names if (match := numbered.fullmatch(name))]
+    path = os.path.realpath(os.path.join(folder, f"{stem}_{max(taken, default=0) + 1:05}.safetensors"))
+    if os.path.dirname(path) != folder:
+        raise ValueError(f"'{filename_prefix}' leaves models/bolid/{EMBEDS_SUBFOLDER}; refused.")
     return path
 
 
