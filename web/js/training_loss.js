@@ -6,6 +6,8 @@ import { api } from "../../../scripts/api.js";
 const NODE_NAME = "BoLIDTrainAdapter";
 const EVENT = "bolid.training.loss";
 const CHART_HEIGHT = 140;
+const MIN_HEIGHT = 40;
+const MARKED_POINTS = 60; // a dot on each step while they are few enough to tell apart
 
 function chartWidget(node) {
   return {
@@ -14,12 +16,15 @@ function chartWidget(node) {
     value: null,
     options: { serialize: false },
     serialize: false,
-    computeSize: (width) => [width, CHART_HEIGHT],
+    // Takes the room the node has (a laid-out workflow sizes it), at least the status line.
+    computeLayoutSize: () => ({ minHeight: MIN_HEIGHT, maxHeight: 1e6, minWidth: 0 }),
     draw(ctx, _node, width, y) {
+      const height = this.computedHeight ?? CHART_HEIGHT;
       const points = node.bolidLoss ?? [];
+      node.bolidLossShown = points.length;
       ctx.save();
       ctx.fillStyle = "#1e1e1e";
-      ctx.fillRect(10, y + 4, width - 20, CHART_HEIGHT - 8);
+      ctx.fillRect(10, y + 4, width - 20, height - 8);
       ctx.font = "12px sans-serif";
       ctx.fillStyle = "#ddd";
       if (points.length === 0) {
@@ -32,22 +37,27 @@ function chartWidget(node) {
       const span = Math.max(...values) - low || 1;
       const last = points[points.length - 1];
       ctx.fillText(`step ${last.step}/${last.max}  loss ${last.loss.toPrecision(4)}`, 16, y + 20);
-      const left = 16, top = y + 28, w = width - 32, h = CHART_HEIGHT - 40;
+      const left = 16, top = y + 28, w = width - 32, h = height - 40;
+      if (h < 10) {
+        ctx.restore();
+        return;
+      }
+      const at = (p) => [
+        left + (w * (p.step - 1)) / Math.max(1, last.max - 1),
+        points.length === 1 ? top + h / 2 : top + h - (h * (p.loss - low)) / span,
+      ];
       ctx.strokeStyle = "#4fc3f7";
       ctx.lineWidth = 1.5;
       ctx.beginPath();
-      points.forEach((p, i) => {
-        const px = left + (w * (p.step - 1)) / Math.max(1, last.max - 1);
-        const py = top + h - (h * (p.loss - low)) / span;
-        if (i === 0) ctx.moveTo(px, py);
-        else ctx.lineTo(px, py);
-      });
+      points.forEach((p, i) => (i === 0 ? ctx.moveTo(...at(p)) : ctx.lineTo(...at(p))));
       ctx.stroke();
-      if (points.length === 1) {
+      if (points.length <= MARKED_POINTS) {
         ctx.fillStyle = "#4fc3f7";
-        ctx.beginPath();
-        ctx.arc(left, top + h / 2, 3, 0, 2 * Math.PI);
-        ctx.fill();
+        for (const p of points) {
+          ctx.beginPath();
+          ctx.arc(...at(p), 3, 0, 2 * Math.PI);
+          ctx.fill();
+        }
       }
       ctx.restore();
     },
@@ -74,6 +84,7 @@ app.registerExtension({
     nodeType.prototype.onNodeCreated = function () {
       const result = created?.apply(this, arguments);
       this.addCustomWidget(chartWidget(this));
+      this.setSize([this.size[0], this.computeSize()[1] + CHART_HEIGHT - MIN_HEIGHT]);
       return result;
     };
   },
