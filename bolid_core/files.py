@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import stat
 import tempfile
 from pathlib import Path
 
@@ -24,12 +25,35 @@ def fsync_folder(path: str | os.PathLike) -> None:
         os.close(handle)
 
 
+def _process_umask() -> int:
+    """The umask, read without changing it (os.umask sets it, which races with other threads creating files)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def _mode_for(path: Path) -> int:
+    """A replaced file keeps its permissions; a new one gets those of any file the user creates (mkstemp's
+    temporary file is private to its owner)."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~_process_umask()
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     """Write `data` so that `path` is either the old file or the complete new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if os.name != "nt":
+            os.fchmod(handle, _mode_for(path))
         with os.fdopen(handle, "wb") as file:
             file.write(data)
             file.flush()

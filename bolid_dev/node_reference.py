@@ -19,6 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bolid_core.files import write_text_atomic
+
 from .runtime import REPO_ROOT
 
 README = REPO_ROOT / "README.md"
@@ -184,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.print:
         sys.stdout.write(block)
         return 0
-    README.write_text(with_block(README.read_text(), block))
+    write_text_atomic(README, with_block(README.read_text(), block))
     print(f"wrote the node reference into {README}")
     return 0
 

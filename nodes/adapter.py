@@ -42,6 +42,22 @@ class AdapterLoader(io.ComfyNode):
         return io.NodeOutput(load_adapter(resolve_model_choice(adapter_name, ADAPTER_FOLDERS)))
 
 
+# Left out of an API workflow, precise_boost means what the widget sends. (IPAdapter_plus's Advanced node boosts by
+# the weight itself; the converter writes that value out.)
+PRECISE_BOOST_DEFAULT = 1.0
+
+
+def weight_input(name: str, tooltip: str) -> io.Float.Input:
+    return io.Float.Input(name, default=1.0, min=-1.0, max=5.0, step=0.05, tooltip=tooltip)
+
+
+def window_order_error(start_at: float | None, end_at: float | None) -> str | None:
+    """The message for a start_at after end_at (values over links arrive as None here and are checked later)."""
+    if start_at is not None and end_at is not None and start_at > end_at:
+        return f"start_at ({start_at}) is after end_at ({end_at}): swap them."
+    return None
+
+
 def combine_input() -> io.Combo.Input:
     return io.Combo.Input(
         "combine_references",
@@ -71,7 +87,6 @@ def encode_batch_size_input() -> io.Int.Input:
 class ApplyAdapter(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        weight = lambda name, tip: io.Float.Input(name, default=1.0, min=-1.0, max=5.0, step=0.05, tooltip=tip)  # noqa: E731
         return io.Schema(
             node_id="BoLIDApplyAdapter",
             display_name="BoLID Apply Adapter",
@@ -85,9 +100,9 @@ class ApplyAdapter(io.ComfyNode):
             inputs=[
                 io.Model.Input("model"),
                 AdapterType.Input("adapter"),
-                weight("image_weight", "Weight of the reference-image source."),
-                weight("face_weight", "Weight of the face (identity) source."),
-                weight("body_weight", "Weight of the body source."),
+                weight_input("image_weight", "Weight of the reference-image source."),
+                weight_input("face_weight", "Weight of the face (identity) source."),
+                weight_input("body_weight", "Weight of the body source."),
                 io.Float.Input("start_at", default=0.0, min=0.0, max=1.0, step=0.01),
                 io.Float.Input("end_at", default=1.0, min=0.0, max=1.0, step=0.01),
                 combine_input(),
@@ -142,10 +157,11 @@ class ApplyAdapter(io.ComfyNode):
                     tooltip="The composition block's weight of the 'style and composition' weight types.",
                 ),
                 io.Float.Input(
-                    "precise_boost", default=1.0, min=-5.0, max=5.0, step=0.05, optional=True,
+                    "precise_boost", default=PRECISE_BOOST_DEFAULT, min=-5.0, max=5.0, step=0.05, optional=True,
                     tooltip="Precise weight types only: style_boost of 'style transfer precise' (its composition "
                     "block), composition_boost of 'composition precise' (every other block; IPAdapter_plus's "
-                    "default there is 0).",
+                    "default there is 0). IPAdapter_plus's Advanced node boosts by the weight itself: set it to the "
+                    "weight for the same result.",
                 ),
                 io.Image.Input(
                     "image_negative", optional=True,
@@ -173,9 +189,9 @@ class ApplyAdapter(io.ComfyNode):
         precise_boost: float | None = None,
     ) -> bool | str:  # fmt: skip
         checked = validate_finite_numbers(cls, locals())
-        if checked is True and start_at is not None and end_at is not None and start_at > end_at:
-            return f"start_at ({start_at}) is after end_at ({end_at}): swap them."
-        return checked
+        if checked is not True:
+            return checked
+        return window_order_error(start_at, end_at) or True
 
     @classmethod
     def execute(
@@ -184,7 +200,7 @@ class ApplyAdapter(io.ComfyNode):
         clip_vision=None, image=None, face_embeds=None, body_id=None, attn_mask=None, style_prompt=None,
         style_image_share: float = 0.5, regions=None, region_background: str = Background.NONE.value,
         weight_type: str = WeightType.LINEAR.value, embeds_scaling: str = EmbedsScaling.V_ONLY.value,
-        layer_weights: str = "", composition_weight: float = 1.0, precise_boost: float | None = None,
+        layer_weights: str = "", composition_weight: float = 1.0, precise_boost: float = PRECISE_BOOST_DEFAULT,
         image_negative=None, unfold_batch: bool = False, encode_batch_size: int = 0, image_embeds=None,
     ) -> io.NodeOutput:  # fmt: skip
         numbers = {

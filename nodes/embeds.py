@@ -48,98 +48,113 @@ class EncodeImage(io.ComfyNode):
         return io.NodeOutput(encode_images(clip_vision, image, encode_batch_size, image_negative, tiles))
 
 
-class SaveImageEmbeds(io.ComfyNode):
+class _SaveEmbeds(io.ComfyNode):
+    """Saves one kind of embeddings to models/bolid/embeds; a subclass names the kind, its type and its writer."""
+
+    NODE_ID: str
+    DISPLAY_NAME: str
+    DESCRIPTION: str
+    EMBEDS_TYPE: type[io.ComfyTypeIO]
+    INPUT_NAME: str
+    DEFAULT_PREFIX: str
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="BoLIDSaveImageEmbeds",
-            display_name="BoLID Save Image Embeds",
+            node_id=cls.NODE_ID,
+            display_name=cls.DISPLAY_NAME,
             category=CATEGORY,
-            description="Saves image embeddings to models/bolid/embeds/<prefix>_<number>.safetensors.",
+            description=cls.DESCRIPTION,
             inputs=[
-                ImageEmbedsType.Input("image_embeds"),
-                io.String.Input("filename_prefix", default="bolid_image_embeds"),
+                cls.EMBEDS_TYPE.Input(cls.INPUT_NAME),
+                io.String.Input("filename_prefix", default=cls.DEFAULT_PREFIX),
             ],
             outputs=[io.String.Output(display_name="saved_as")],
             is_output_node=True,
         )
+
+
+class _LoadEmbeds(io.ComfyNode):
+    """Loads one kind of embeddings from models/bolid/embeds, fingerprinted by the file."""
+
+    NODE_ID: str
+    DISPLAY_NAME: str
+    DESCRIPTION: str
+    EMBEDS_TYPE: type[io.ComfyTypeIO]
+    OUTPUT_NAME: str
+
+    @staticmethod
+    def load(path):
+        raise NotImplementedError
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=cls.NODE_ID,
+            display_name=cls.DISPLAY_NAME,
+            category=CATEGORY,
+            description=cls.DESCRIPTION,
+            inputs=[io.Combo.Input("embeds", options=embeds_choices())],
+            outputs=[cls.EMBEDS_TYPE.Output(display_name=cls.OUTPUT_NAME)],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, embeds: str) -> str:
+        """The file's fingerprint, so a replaced or deleted file is never served from ComfyUI's cache."""
+        try:
+            return file_fingerprint(saved_embeds_path(embeds))
+        except FileNotFoundError:
+            return f"missing:{embeds!r}"  # execute says why
+        except ValueError:
+            return f"invalid:{embeds!r}"  # execute says why
+
+    @classmethod
+    def execute(cls, embeds: str) -> io.NodeOutput:
+        return io.NodeOutput(cls.load(saved_embeds_path(embeds)))
+
+
+class SaveImageEmbeds(_SaveEmbeds):
+    NODE_ID = "BoLIDSaveImageEmbeds"
+    DISPLAY_NAME = "BoLID Save Image Embeds"
+    DESCRIPTION = "Saves image embeddings to models/bolid/embeds/<prefix>_<number>.safetensors."
+    EMBEDS_TYPE = ImageEmbedsType
+    INPUT_NAME = "image_embeds"
+    DEFAULT_PREFIX = "bolid_image_embeds"
 
     @classmethod
     def execute(cls, image_embeds: ImageEmbeds, filename_prefix: str) -> io.NodeOutput:
         return io.NodeOutput(save_image_embeds(image_embeds, new_embeds_path(filename_prefix)).name)
 
 
-class LoadImageEmbeds(io.ComfyNode):
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="BoLIDLoadImageEmbeds",
-            display_name="BoLID Load Image Embeds",
-            category=CATEGORY,
-            description="Image embeddings saved with BoLID Save Image Embeds, from models/bolid/embeds.",
-            inputs=[io.Combo.Input("embeds", options=embeds_choices())],
-            outputs=[ImageEmbedsType.Output(display_name="image_embeds")],
-        )
-
-    @classmethod
-    def fingerprint_inputs(cls, embeds: str) -> str:
-        return _saved_embeds_fingerprint(embeds)
-
-    @classmethod
-    def execute(cls, embeds: str) -> io.NodeOutput:
-        return io.NodeOutput(load_image_embeds(saved_embeds_path(embeds)))
+class LoadImageEmbeds(_LoadEmbeds):
+    NODE_ID = "BoLIDLoadImageEmbeds"
+    DISPLAY_NAME = "BoLID Load Image Embeds"
+    DESCRIPTION = "Image embeddings saved with BoLID Save Image Embeds, from models/bolid/embeds."
+    EMBEDS_TYPE = ImageEmbedsType
+    OUTPUT_NAME = "image_embeds"
+    load = staticmethod(load_image_embeds)
 
 
-class SaveFaceEmbeds(io.ComfyNode):
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="BoLIDSaveFaceEmbeds",
-            display_name="BoLID Save Face Embeds",
-            category=CATEGORY,
-            description=(
-                "Saves face embeddings (ArcFace, and the aligned crops, norms and mix weights when present) to "
-                "models/bolid/embeds/<prefix>_<number>.safetensors: a face reused without insightface."
-            ),
-            inputs=[
-                FaceEmbedsType.Input("face_embeds"),
-                io.String.Input("filename_prefix", default="bolid_face_embeds"),
-            ],
-            outputs=[io.String.Output(display_name="saved_as")],
-            is_output_node=True,
-        )
+class SaveFaceEmbeds(_SaveEmbeds):
+    NODE_ID = "BoLIDSaveFaceEmbeds"
+    DISPLAY_NAME = "BoLID Save Face Embeds"
+    DESCRIPTION = (
+        "Saves face embeddings (ArcFace, and the aligned crops, norms and mix weights when present) to "
+        "models/bolid/embeds/<prefix>_<number>.safetensors: a face reused without insightface."
+    )
+    EMBEDS_TYPE = FaceEmbedsType
+    INPUT_NAME = "face_embeds"
+    DEFAULT_PREFIX = "bolid_face_embeds"
 
     @classmethod
     def execute(cls, face_embeds: FaceEmbeds, filename_prefix: str) -> io.NodeOutput:
         return io.NodeOutput(save_face_embeds(face_embeds, new_embeds_path(filename_prefix)).name)
 
 
-class LoadFaceEmbeds(io.ComfyNode):
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="BoLIDLoadFaceEmbeds",
-            display_name="BoLID Load Face Embeds",
-            category=CATEGORY,
-            description="Face embeddings saved with BoLID Save Face Embeds, from models/bolid/embeds.",
-            inputs=[io.Combo.Input("embeds", options=embeds_choices())],
-            outputs=[FaceEmbedsType.Output(display_name="face_embeds")],
-        )
-
-    @classmethod
-    def fingerprint_inputs(cls, embeds: str) -> str:
-        return _saved_embeds_fingerprint(embeds)
-
-    @classmethod
-    def execute(cls, embeds: str) -> io.NodeOutput:
-        return io.NodeOutput(load_face_embeds(saved_embeds_path(embeds)))
-
-
-def _saved_embeds_fingerprint(name: str) -> str:
-    """The file's fingerprint, so a replaced or deleted file is never served from ComfyUI's cache."""
-    try:
-        return file_fingerprint(saved_embeds_path(name))
-    except FileNotFoundError:
-        return f"missing:{name!r}"  # execute says why
-    except ValueError:
-        return f"invalid:{name!r}"  # execute says why
+class LoadFaceEmbeds(_LoadEmbeds):
+    NODE_ID = "BoLIDLoadFaceEmbeds"
+    DISPLAY_NAME = "BoLID Load Face Embeds"
+    DESCRIPTION = "Face embeddings saved with BoLID Save Face Embeds, from models/bolid/embeds."
+    EMBEDS_TYPE = FaceEmbedsType
+    OUTPUT_NAME = "face_embeds"
+    load = staticmethod(load_face_embeds)

@@ -9,7 +9,7 @@ from ..bolid_core.adapter.layer_weights import EmbedsScaling
 from ..bolid_core.adapter.tokens import ReferenceCombine
 from ..bolid_core.comfy.attn2 import apply_adapter
 from ..bolid_core.comfy.sources import SourceInputs, StyleComposition, applied_sources
-from .adapter import combine_input, embeds_scaling_input, encode_batch_size_input
+from .adapter import combine_input, embeds_scaling_input, encode_batch_size_input, weight_input, window_order_error
 from .checks import require_finite_numbers, validate_finite_numbers
 from .types import AdapterType
 
@@ -17,7 +17,6 @@ from .types import AdapterType
 class ApplyStyleComposition(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        weight = lambda name, tip: io.Float.Input(name, default=1.0, min=-1.0, max=5.0, step=0.05, tooltip=tip)  # noqa: E731
         return io.Schema(
             node_id="BoLIDApplyStyleComposition",
             display_name="BoLID Apply Style & Composition",
@@ -33,8 +32,8 @@ class ApplyStyleComposition(io.ComfyNode):
                 io.ClipVision.Input("clip_vision"),
                 io.Image.Input("image_style"),
                 io.Image.Input("image_composition"),
-                weight("weight_style", "Weight of the style reference at the style blocks."),
-                weight("weight_composition", "Weight of the composition reference at the composition block."),
+                weight_input("weight_style", "Weight of the style reference at the style blocks."),
+                weight_input("weight_composition", "Weight of the composition reference at the composition block."),
                 io.Boolean.Input(
                     "expand_style", default=False,
                     tooltip="The style acts at every block but the composition one ('strong style and composition').",
@@ -55,9 +54,9 @@ class ApplyStyleComposition(io.ComfyNode):
         cls, weight_style: float, weight_composition: float, start_at: float, end_at: float
     ) -> bool | str:
         checked = validate_finite_numbers(cls, locals())
-        if checked is True and start_at is not None and end_at is not None and start_at > end_at:
-            return f"start_at ({start_at}) is after end_at ({end_at}): swap them."
-        return checked
+        if checked is not True:
+            return checked
+        return window_order_error(start_at, end_at) or True
 
     @classmethod
     def execute(

@@ -6,6 +6,14 @@ import torch
 
 # The SDXL layout at tiny sizes: 11 attn2 layers of the tiny UNet (64- and 128-wide levels).
 TINY_SDXL_WIDTHS = (64, 64, 128, 128, 128, 128, 128, 64, 64, 64, 128)
+# Those layers' keys in attn2_layer_keys order (input, output, middle), and each one's transformer block (the
+# forward order, where the middle block comes fourth), written out by hand.
+TINY_SDXL_ATTN2_KEYS = [
+    ("input", 4, 0), ("input", 5, 0), ("input", 7, 0), ("input", 8, 0),
+    ("output", 0, 0), ("output", 1, 0), ("output", 2, 0), ("output", 3, 0), ("output", 4, 0), ("output", 5, 0),
+    ("middle", 0, 0),
+]  # fmt: skip
+TINY_SDXL_BLOCK_OF_LAYER = [0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 4]
 
 
 def _randn(generator: torch.Generator, *shape: int, scale: float = 0.05) -> torch.Tensor:
@@ -36,7 +44,8 @@ def _perceiver(state: dict, prefix: str, g, in_dim: int, dim: int, out_dim: int,
         state[f"{base}.1.3.weight"] = _randn(g, dim, 4 * dim)
 
 
-def _kv_layers(state: dict, g, context_dim: int, widths: tuple[int, ...], with_lora: bool) -> None:
+def kv_layers(state: dict, g, context_dim: int, widths: tuple[int, ...], with_lora: bool) -> None:
+    """Each attn2 layer's to_k_ip / to_v_ip weights (std 0.1), and FaceID's LoRA weight beside them."""
     for layer, width in enumerate(widths):
         index = 2 * layer + 1  # attn2 processors are the odd entries of diffusers' attn_processors
         state[f"ip_adapter.{index}.to_k_ip.weight"] = _randn(g, width, context_dim, scale=0.1)
@@ -52,15 +61,18 @@ def plain_ip_adapter(context_dim=2048, widths=TINY_SDXL_WIDTHS, clip_dim=1280, t
         "image_proj.proj.bias": _randn(g, tokens * context_dim),
     }
     _layer_norm(state, "image_proj.norm", context_dim, g)
-    _kv_layers(state, g, context_dim, widths, with_lora=False)
+    kv_layers(state, g, context_dim, widths, with_lora=False)
     return state
 
 
-def plus_ip_adapter(context_dim=2048, widths=TINY_SDXL_WIDTHS, clip_dim=1280, dim=128, queries=16, seed=0) -> dict:
+def plus_ip_adapter(
+    context_dim=2048, widths=TINY_SDXL_WIDTHS, clip_dim=1280, dim=128, queries=16, depth=2, seed=0
+) -> dict:
+    """ip-adapter-plus's layout: learned latents and a perceiver resampler of `depth` layers, dim // 64 heads."""
     g = torch.Generator().manual_seed(seed)
     state = {"image_proj.latents": _randn(g, 1, queries, dim, scale=1.0)}
-    _perceiver(state, "image_proj.", g, clip_dim, dim, context_dim, depth=2, heads=dim // 64)
-    _kv_layers(state, g, context_dim, widths, with_lora=False)
+    _perceiver(state, "image_proj.", g, clip_dim, dim, context_dim, depth=depth, heads=dim // 64)
+    kv_layers(state, g, context_dim, widths, with_lora=False)
     return state
 
 
@@ -70,7 +82,7 @@ def faceid_plus_v2(context_dim=128, widths=(64, 128), clip_dim=96, face_dim=512,
     state = _faceid_mlp(g, context_dim, face_dim, tokens)
     heads = context_dim // 64
     _perceiver(state, "image_proj.perceiver_resampler.", g, clip_dim, context_dim, context_dim, depth, heads)
-    _kv_layers(state, g, context_dim, widths, with_lora=True)
+    kv_layers(state, g, context_dim, widths, with_lora=True)
     return state
 
 
@@ -99,5 +111,5 @@ def faceid_ip_adapter(context_dim=2048, widths=TINY_SDXL_WIDTHS, face_dim=512, t
     """ip-adapter-faceid_sdxl's layout: an MLP from the ArcFace embedding, no CLIP vision."""
     g = torch.Generator().manual_seed(seed)
     state = _faceid_mlp(g, context_dim, face_dim, tokens)
-    _kv_layers(state, g, context_dim, widths, with_lora=True)
+    kv_layers(state, g, context_dim, widths, with_lora=True)
     return state

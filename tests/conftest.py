@@ -240,7 +240,12 @@ def _install_body_assets(base: Path) -> None:
 def _skip_first_run_dialogs(base: Path) -> None:
     settings = base / "user" / "default" / "comfy.settings.json"
     settings.parent.mkdir(parents=True, exist_ok=True)
-    settings.write_text(json.dumps({"Comfy.TutorialCompleted": True}))
+    # The minimap would cover the screenshots' corner; LOD off so a zoomed-out screenshot still draws the widgets.
+    settings.write_text(
+        json.dumps(
+            {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False, "LiteGraph.Canvas.MinFontSizeForLOD": 0}
+        )
+    )
 
 
 # --- tier 4: browser --------------------------------------------------------------------------------
@@ -274,3 +279,13 @@ def baseline_server(tmp_path_factory: pytest.TempPathFactory, test_output: Path)
     log_path = test_output / "baseline" / "comfyui.log"
     with start(base, with_test_models=False, with_pack=False, log_path=log_path) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def baseline_errors(browser, baseline_server) -> set[str]:
+    """The console errors the frontend logs without the pack: what the browser tests do not count against it."""
+    from browser_app import open_app
+
+    page, errors = open_app(browser, baseline_server)
+    page.close()
+    return set(errors)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import plain_ip_adapter as plain
 import torch
-from adapter_factories import _kv_layers, _perceiver, _randn, faceid_ip_adapter, faceid_plus_v2, plain_ip_adapter
+from adapter_factories import faceid_ip_adapter, faceid_plus_v2, kv_layers, plain_ip_adapter, plus_ip_adapter
 
 FULL_SDXL_MEMORY_GB = 17  # measured peak 16.4 GB: the fp32 UNet (10.3 GB), shared K/V, one adapter file and its load
 CONTEXT_DIM = 2048
@@ -179,10 +179,7 @@ class Preset:
 
 def _plus(seed: int) -> dict:
     """ip-adapter-plus[-face]_sdxl_vit-h: 16 learned latents 1280 wide, 4 layers of 20 heads, out 2048."""
-    g = torch.Generator().manual_seed(seed)
-    state = {"image_proj.latents": _randn(g, 1, 16, 1280, scale=1.0)}
-    _perceiver(state, "image_proj.", g, VIT_H_HIDDEN, 1280, CONTEXT_DIM, depth=4, heads=20)
-    return state
+    return plus_ip_adapter(CONTEXT_DIM, (), VIT_H_HIDDEN, dim=1280, queries=16, depth=4, seed=seed)
 
 
 # Each builder is called without layers (widths=()): the 70 layers' K/V weights, 340 M numbers, are drawn once
@@ -224,7 +221,7 @@ def shared_kv(widths: tuple[int, ...], seed: int = 1) -> dict:
     at 1/√2048 the same noise moves it by 8e-8, as it does without an adapter.
     """
     state: dict = {}
-    _kv_layers(state, torch.Generator().manual_seed(seed), CONTEXT_DIM, widths, with_lora=True)
+    kv_layers(state, torch.Generator().manual_seed(seed), CONTEXT_DIM, widths, with_lora=True)
     rescale = (1.0 / math.sqrt(CONTEXT_DIM)) / BUILDER_KV_STD
     return {key: (value * rescale if "_ip." in key else value).half().float() for key, value in state.items()}
 

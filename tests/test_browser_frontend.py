@@ -3,59 +3,15 @@
 from __future__ import annotations
 
 import json
-import re
-import urllib.parse
 from pathlib import Path
 
 import pytest
+from browser_app import SHOW_WHOLE_GRAPH, open_app, update_readme_copy
 
 from bolid_dev.workflows import WORKFLOWS_DIR
 
 UI_WORKFLOWS = sorted(WORKFLOWS_DIR.glob("*.json"))
-VIEWPORT = {"width": 2200, "height": 1150}
-SHOW_WHOLE_GRAPH = """() => {
-    const ds = window.app.canvas.ds;
-    ds.scale = 0.8;
-    ds.offset = [40, 140];
-    window.app.canvas.setDirty(true, true);
-}"""
-
-
-def _is_external(url: str, origin: str) -> bool:
-    return bool(url) and not url.startswith(origin) and urllib.parse.urlparse(url).scheme in ("http", "https")
-
-
-def _normalise(text: str, url: str, origin: str) -> str:
-    return re.sub(r"https?://127\.0\.0\.1:\d+", "ORIGIN", f"{text} @ {url.replace(origin, 'ORIGIN')}")
-
-
-def open_app(browser, server):
-    """A page on the server's frontend, and the console errors it logs (normalised).
-
-    Requests to hosts other than the server fail here by design (no network): the frontend's own
-    registry lookups are not the pack's errors, so they are left out.
-    """
-    page = browser.new_page(viewport=VIEWPORT)
-    errors: list[str] = []
-
-    def on_console(message) -> None:
-        url = message.location.get("url", "")
-        if message.type == "error" and not _is_external(url, server.url):
-            errors.append(_normalise(message.text.split("\n")[0], url, server.url))
-
-    page.on("console", on_console)
-    page.on("pageerror", lambda error: errors.append(_normalise(f"pageerror: {error}", "", server.url)))
-    page.goto(server.url)
-    page.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=90_000)
-    page.wait_for_load_state("networkidle")
-    return page, errors
-
-
-@pytest.fixture(scope="session")
-def baseline_errors(browser, baseline_server) -> set[str]:
-    page, errors = open_app(browser, baseline_server)
-    page.close()
-    return set(errors)
+README_WORKFLOW, README_VIEWPORT, README_SIDE = "fastface_am2_dcg", {"width": 3600, "height": 1900}, 1800
 
 
 @pytest.mark.parametrize("workflow_path", UI_WORKFLOWS, ids=[p.stem for p in UI_WORKFLOWS])
@@ -70,23 +26,30 @@ def test_workflow_loads_in_the_frontend(
         """() => window.app.graph.nodes.map((node) => ({
             type: node.type,
             registered: node.type in window.LiteGraph.registered_node_types
-                && node.constructor.comfyClass === node.type,
+                && (node.constructor.comfyClass === node.type || node.isVirtualNode === true),
+            virtual: node.isVirtualNode === true,
             widgets: (node.widgets || []).map((widget) => widget.name),
         }))"""
     )
     assert sorted(node["type"] for node in loaded) == sorted(node["type"] for node in workflow["nodes"])
     missing = sorted({node["type"] for node in loaded if not node["registered"]})
     assert not missing, f"node types missing in the frontend: {missing}"
+    # Only the frontend's own Note may be virtual (no server class): every other node runs on the server.
+    assert {node["type"] for node in loaded if node["virtual"]} <= {"Note"}
     for node in loaded:
         if node["type"] == "BoLIDKeypointsFromJSON":
             assert "bolid_pose_preview" in node["widgets"], "the keypoints preview extension did not attach"
 
+    if workflow_path.stem == README_WORKFLOW:  # shown in the README: big enough for the widgets to be drawn
+        page.set_viewport_size(README_VIEWPORT)
     page.evaluate(SHOW_WHOLE_GRAPH)
     page.wait_for_timeout(500)
     shot = test_output / "browser" / f"{workflow_path.stem}.png"
     shot.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(shot))
     page.close()
+    if workflow_path.stem == README_WORKFLOW:
+        update_readme_copy(shot, README_SIDE)
     added = sorted(set(errors) - baseline_errors)
     assert not added, "console errors the pack adds:\n" + "\n".join(added)
 

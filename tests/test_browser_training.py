@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-from test_browser_frontend import SHOW_WHOLE_GRAPH, open_app
+from browser_app import SHOW_WHOLE_GRAPH, open_app
 
 from bolid_dev.workflows import WORKFLOWS_DIR
 
@@ -19,19 +18,11 @@ SEND_LOSSES = """async (messages) => {
 }"""
 
 
-@pytest.fixture(scope="module")
-def frontend_errors(browser, baseline_server) -> set[str]:
-    """Console errors of the frontend without the pack."""
-    page, errors = open_app(browser, baseline_server)
-    page.close()
-    return set(errors)
-
-
 def message(node: str, step: int, loss: float, total: int = 4) -> dict:
     return {"node": node, "adapter": "mine", "step": step, "max": total, "terms": {"loss": loss, "diff": loss}}
 
 
-def test_loss_chart_collects_the_steps_of_its_node(browser, comfy_server, frontend_errors, test_output: Path) -> None:
+def test_loss_chart_collects_the_steps_of_its_node(browser, comfy_server, baseline_errors, test_output: Path) -> None:
     page, errors = open_app(browser, comfy_server)
     workflow = json.loads((WORKFLOWS_DIR / "train_bolid_adapter.json").read_text())
     page.evaluate("async (workflow) => { await window.app.loadGraphData(workflow); }", workflow)
@@ -49,5 +40,5 @@ def test_loss_chart_collects_the_steps_of_its_node(browser, comfy_server, fronte
     state = page.evaluate(SEND_LOSSES, [message(node_id, 1, 2.0)])
     assert [(p["step"], p["loss"]) for p in state["points"]] == [(1, 2.0)]
     page.close()
-    added = sorted(set(errors) - frontend_errors)
+    added = sorted(set(errors) - baseline_errors)
     assert not added, "console errors the pack adds:\n" + "\n".join(added)

@@ -8,23 +8,20 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
+from browser_app import open_app, update_readme_copy
 from PIL import Image
 from region_assets import IMAGE_SIZE, REGIONS_IMAGE
-from test_browser_frontend import open_app
 from test_server_training import training_prompt
 
 from bolid_core.guidance import DCGSchedule, DCGVariant, parse_step_values
-from bolid_dev.runtime import REPO_ROOT
 from bolid_dev.web_widgets import PREVIEW_HEIGHTS
 from bolid_dev.workflows import WORKFLOWS_DIR
 
-README_SCREENSHOTS = REPO_ROOT / "docs" / "screenshots"
 README_SCREENSHOT_SIDE = 720
 
 # Fit the given nodes into the viewport (nodes off screen are not drawn, so their widgets would not run).
@@ -63,14 +60,6 @@ SET_WIDGET = """([id, name, value]) => {
 }"""
 
 
-@pytest.fixture(scope="module")
-def frontend_errors(browser, baseline_server) -> set[str]:
-    """Console errors of the frontend without the pack."""
-    page, errors = open_app(browser, baseline_server)
-    page.close()
-    return set(errors)
-
-
 def extension_url(page, name: str) -> str:
     return next(url for url in page.evaluate("() => fetch('/extensions').then((r) => r.json())") if name in url)
 
@@ -107,11 +96,8 @@ def screenshot(page, nodes: list[int], test_output: Path, name: str, readme: boo
     path = test_output / "browser" / f"web_{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(path), clip=clip)
-    if readme and os.environ.get("BOLID_UPDATE_SCREENSHOTS") == "1":
-        README_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        small = Image.open(path).convert("RGB")
-        small.thumbnail((README_SCREENSHOT_SIDE, README_SCREENSHOT_SIDE), Image.Resampling.LANCZOS)
-        small.quantize(256).save(README_SCREENSHOTS / path.name, optimize=True)
+    if readme:
+        update_readme_copy(path, README_SCREENSHOT_SIDE)
     return path
 
 
@@ -124,7 +110,7 @@ def no_added_errors(errors: list[str], baseline: set[str]) -> None:
 
 
 def test_loss_curve_shows_the_points_of_a_tiny_training_run(
-    browser, comfy_server, client, frontend_errors, test_output: Path
+    browser, comfy_server, client, baseline_errors, test_output: Path
 ) -> None:
     page, errors = open_app(browser, comfy_server)
     workflow = load_workflow(page, "train_bolid_adapter")
@@ -142,7 +128,7 @@ def test_loss_curve_shows_the_points_of_a_tiny_training_run(
     assert drawn(page, trainer, "bolidLossShown") == 3, "the chart did not draw the points"
     screenshot(page, [trainer], test_output, "training_loss")
     page.close()
-    no_added_errors(errors, frontend_errors)
+    no_added_errors(errors, baseline_errors)
 
 
 # --- the DCG schedule ---------------------------------------------------------------------------------------------
@@ -208,7 +194,7 @@ def test_schedule_check_refuses_what_the_server_refuses(browser, comfy_server) -
     assert results[2]["problems"][0]["name"] == "beta" and len(results[2]["problems"]) == 1
 
 
-def test_schedule_warning_follows_the_sampler_steps(browser, comfy_server, frontend_errors, test_output: Path) -> None:
+def test_schedule_warning_follows_the_sampler_steps(browser, comfy_server, baseline_errors, test_output: Path) -> None:
     page, errors = open_app(browser, comfy_server)
     workflow = load_workflow(page, "fastface_am2_dcg")
     guider = node_id(workflow, "BoLIDDecoupledCFGGuider")
@@ -256,7 +242,7 @@ def test_schedule_warning_follows_the_sampler_steps(browser, comfy_server, front
     single = shown_at(6)
     assert [w.split(" ")[0] for w in single["warnings"]] == ["beta"], "one alpha value serves every step"
     page.close()
-    no_added_errors(errors, frontend_errors)
+    no_added_errors(errors, baseline_errors)
 
 
 def test_sampler_steps_are_read_through_sigma_nodes(browser, comfy_server) -> None:
@@ -335,7 +321,7 @@ def expected_owners(masks: list[np.ndarray]) -> np.ndarray:
 
 
 def test_region_preview_numbers_the_people_of_the_shipped_workflow(
-    browser, comfy_server, frontend_errors, test_output: Path
+    browser, comfy_server, baseline_errors, test_output: Path
 ) -> None:
     page, errors = open_app(browser, comfy_server)
     workflow = load_workflow(page, "facestudio_two_people_face_and_body")
@@ -357,7 +343,7 @@ def test_region_preview_numbers_the_people_of_the_shipped_workflow(
         assert labels[owner] == pytest.approx(((xs.mean() + 0.5) / IMAGE_SIZE, (ys.mean() + 0.5) / IMAGE_SIZE))
     screenshot(page, [first, second, preview], test_output, "regions")
     page.close()
-    no_added_errors(errors, frontend_errors)
+    no_added_errors(errors, baseline_errors)
 
 
 def test_region_preview_resolves_overlaps_like_the_server(browser, comfy_server, test_output: Path) -> None:
@@ -426,7 +412,7 @@ COLOURS = """(types) => {
 }"""
 
 
-def test_every_pack_type_has_its_own_socket_colour(browser, comfy_server, client, frontend_errors) -> None:
+def test_every_pack_type_has_its_own_socket_colour(browser, comfy_server, client, baseline_errors) -> None:
     info = client.object_info()
     pack_types = {
         name
@@ -443,4 +429,4 @@ def test_every_pack_type_has_its_own_socket_colour(browser, comfy_server, client
         assert not missing, f"{palette} palette: no socket/link colour for {missing}"
         assert len({colours[t]["slot"].lower() for t in pack_types}) == len(pack_types), "two types share a colour"
     page.close()
-    no_added_errors(errors, frontend_errors)
+    no_added_errors(errors, baseline_errors)

@@ -93,6 +93,18 @@ def test_apply_adapter_order_of_window_and_links_not_yet_known(comfy_nodes: dict
     assert apply.validate_inputs(**apply_inputs(start_at=None, image_weight=None)) is True
 
 
+def test_style_composition_checks_its_numbers_and_window(comfy_nodes: dict) -> None:
+    node = comfy_nodes["BoLIDApplyStyleComposition"]
+    numbers = {"weight_style": 1.0, "weight_composition": 0.5, "start_at": 0.0, "end_at": 1.0}
+    assert node.validate_inputs(**numbers) is True
+    assert node.validate_inputs(**{**numbers, "start_at": 0.9, "end_at": 0.1}) == (
+        "start_at (0.9) is after end_at (0.1): swap them."
+    )
+    problem = node.validate_inputs(**{**numbers, "weight_composition": math.nan})
+    assert isinstance(problem, str) and problem.startswith("weight_composition is nan"), problem
+    assert node.validate_inputs(**{**numbers, "start_at": None, "end_at": 0.1}) is True  # start_at over a link
+
+
 def test_core_refuses_a_nan_window_and_bad_masks_with_clear_messages(tiny_model, adapter_folder) -> None:
     from bolid_core.adapter import Source, load_adapter
     from bolid_core.adapter.tokens import ReferenceCombine

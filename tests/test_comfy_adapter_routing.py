@@ -7,12 +7,12 @@ and softmax(Q K^T / sqrt(d)) V per head, never from the patch's helpers.
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import pytest
 import torch
 from adapter_factories import TINY_SDXL_WIDTHS, plain_ip_adapter
+from plain_ip_adapter import attention_per_head as plain_attention
 from safetensors.torch import save_file
 
 from bolid_core.adapter import Source, load_adapter
@@ -26,17 +26,6 @@ IP_ADAPTER_ORDER = [
 ]  # fmt: skip
 HEAD_DIM = 64  # the tiny UNet's num_head_channels
 WEIGHT = 0.8
-
-
-def plain_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-    """softmax(Q K^T / sqrt(d)) V, one head at a time; k and v may have batch 1."""
-    dim = q.shape[-1] // heads
-    out = torch.empty_like(q)
-    for head in range(heads):
-        cols = slice(head * dim, (head + 1) * dim)
-        weights = torch.softmax(q[..., cols] @ k[..., cols].transpose(-1, -2) / math.sqrt(dim), dim=-1)
-        out[..., cols] = weights @ v[..., cols]
-    return out
 
 
 @pytest.fixture()

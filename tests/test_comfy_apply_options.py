@@ -13,33 +13,25 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from adapter_factories import TINY_SDXL_WIDTHS, faceid_ip_adapter, faceid_plus_v2, plain_ip_adapter, plus_ip_adapter
+from adapter_factories import (
+    TINY_SDXL_ATTN2_KEYS,
+    TINY_SDXL_BLOCK_OF_LAYER,
+    TINY_SDXL_WIDTHS,
+    faceid_ip_adapter,
+    faceid_plus_v2,
+    plain_ip_adapter,
+    plus_ip_adapter,
+)
+from plain_ip_adapter import attention_per_head as plain_attention
 from safetensors.torch import save_file
 
 from bolid_core.adapter import Source, load_adapter
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-# The tiny UNet's attn2 layers (attn2_layer_keys order) and the transformer block of each, by hand.
-KEYS = [
-    ("input", 4, 0), ("input", 5, 0), ("input", 7, 0), ("input", 8, 0),
-    ("output", 0, 0), ("output", 1, 0), ("output", 2, 0), ("output", 3, 0), ("output", 4, 0), ("output", 5, 0),
-    ("middle", 0, 0),
-]  # fmt: skip
-BLOCK_OF_LAYER = [0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 4]
+KEYS, BLOCK_OF_LAYER = TINY_SDXL_ATTN2_KEYS, TINY_SDXL_BLOCK_OF_LAYER
 STYLE_LAYER, COMPOSITION_LAYER = BLOCK_OF_LAYER.index(6), BLOCK_OF_LAYER.index(3)  # SDXL blocks 6 and 3
 QUERIES, TEXT_TOKENS = 16, 7
-
-
-def plain_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-    """softmax(Q K^T / sqrt(d)) V, one head at a time."""
-    dim = q.shape[-1] // heads
-    out = torch.empty_like(q)
-    for head in range(heads):
-        cols = slice(head * dim, (head + 1) * dim)
-        scores = q[..., cols] @ k[..., cols].transpose(-1, -2) / math.sqrt(dim)
-        out[..., cols] = torch.softmax(scores, dim=-1) @ v[..., cols]
-    return out
 
 
 def plain_tokens(state: dict, embeds: torch.Tensor) -> torch.Tensor:
@@ -297,3 +289,26 @@ def test_bad_inputs_give_clear_errors(comfy_nodes, tiny_model, plain, clip_visio
                              encode_batch_size=-1)  # fmt: skip
     with pytest.raises(ValueError, match=r"encode_batch_size is -1: give 0 \(all at once\) or more"):
         applied_sources(tiny_model, adapter, bad_batch)
+
+
+def test_precise_boost_left_out_is_the_widget_default(comfy_nodes, tiny_model, plain, clip_vision) -> None:
+    """An API workflow without precise_boost means what the editor's widget sends (1.0), not the weight."""
+    _, adapter = plain
+    reference = images(1, seed=9)
+    common = {
+        "image_weight": 0.5,
+        "clip_vision": clip_vision,
+        "image": reference,
+        "weight_type": "style transfer precise",
+    }
+    sources = {}
+    for name, extra in (("left out", {}), ("1.0", {"precise_boost": 1.0}), ("0.25", {"precise_boost": 0.25})):
+        patched = apply(comfy_nodes, tiny_model, adapter, **common, **extra)
+        (sources[name],) = patched.model_options["transformer_options"]["patches_replace"]["attn2"][
+            KEYS[0]
+        ].applied.sources
+    assert sources["left out"].layer_weights == sources["1.0"].layer_weights
+    assert sources["left out"].swapped_layers == sources["1.0"].swapped_layers == frozenset({COMPOSITION_LAYER})
+    weights = sources["left out"].layer_weights
+    assert weights[STYLE_LAYER] == 0.5 and weights[COMPOSITION_LAYER] == 1.0, weights
+    assert sources["0.25"].layer_weights[COMPOSITION_LAYER] == 0.25

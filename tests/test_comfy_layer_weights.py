@@ -7,40 +7,22 @@ from the checkpoint's own tensors, softmax per head, never from the patch's help
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
 import torch
-from adapter_factories import TINY_SDXL_WIDTHS, plain_ip_adapter
+from adapter_factories import TINY_SDXL_ATTN2_KEYS, TINY_SDXL_BLOCK_OF_LAYER, TINY_SDXL_WIDTHS, plain_ip_adapter
+from plain_ip_adapter import attention_per_head as plain_attention
 from safetensors.torch import save_file
 from test_layer_weights import BOOSTED, SDXL_TABLE, SWAPPED_BLOCKS
 
 from bolid_core.adapter import Source, load_adapter
 from bolid_core.adapter.layer_weights import EmbedsScaling, WeightType, plan_layers, transformer_blocks
 
-# The tiny UNet's attn2 layers in attn2_layer_keys order, and the transformer block of each, by hand.
-KEYS = [
-    ("input", 4, 0), ("input", 5, 0), ("input", 7, 0), ("input", 8, 0),
-    ("output", 0, 0), ("output", 1, 0), ("output", 2, 0), ("output", 3, 0), ("output", 4, 0), ("output", 5, 0),
-    ("middle", 0, 0),
-]  # fmt: skip
-BLOCK_OF_LAYER = [0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 4]
+KEYS, BLOCK_OF_LAYER = TINY_SDXL_ATTN2_KEYS, TINY_SDXL_BLOCK_OF_LAYER
 HEAD_DIM = 64
 W, C = 0.8, 0.6  # the tables' weight and composition_weight
 TOKENS = 4
-
-
-def plain_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-    """softmax(Q K^T / sqrt(d)) V one head at a time; k and v may have batch 1."""
-    dim = q.shape[-1] // heads
-    out = torch.empty_like(q)
-    for head in range(heads):
-        cols = slice(head * dim, (head + 1) * dim)
-        scores = q[..., cols] @ k[..., cols].transpose(-1, -2) / math.sqrt(dim)
-        probs = scores.exp() / scores.exp().sum(dim=-1, keepdim=True)
-        out[..., cols] = probs @ v[..., cols]
-    return out
 
 
 @pytest.fixture()

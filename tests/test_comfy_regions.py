@@ -8,11 +8,10 @@ head, and the region of each token from the column numbers above.
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from adapter_factories import TINY_SDXL_WIDTHS, faceid_ip_adapter
+from plain_ip_adapter import attention_per_head as plain_attention
 from safetensors.torch import save_file
 
 from bolid_core.adapter import load_adapter
@@ -26,17 +25,6 @@ REGION_COLUMNS = {0: (0, 1, 2), 1: (5, 6, 7)}
 BACKGROUND_COLUMNS = (3, 4)
 NEAREST_OF_BACKGROUND = {3: 0, 4: 1}  # column 3 is 1 from region 0 and 2 from region 1; column 4 the reverse
 FACE_WEIGHT, BODY_WEIGHT = 0.8, 0.6
-
-
-def plain_attention(q, k, v, heads):
-    dim = q.shape[-1] // heads
-    out = torch.empty_like(q)
-    for head in range(heads):
-        cols = slice(head * dim, (head + 1) * dim)
-        out[..., cols] = (
-            torch.softmax(q[..., cols] @ k[..., cols].transpose(-1, -2) / math.sqrt(dim), -1) @ v[..., cols]
-        )
-    return out
 
 
 def region_masks() -> tuple[torch.Tensor, torch.Tensor]:

@@ -365,3 +365,51 @@ def test_face_source_fuses_arcface_with_the_style_embeds(tiny_model, tiny_vae, t
     assert spec.tokens == {Source.FACE: 2} and spec.clip_dim == 1024 and spec.fusion_dim == 16
     assert spec.text_dim == 1280, "the text prior reads the pooled CLIP-G text embedding"
     assert {"prior", "diff"} <= set(result.history[-1]), "the text prior was not trained"
+
+
+def test_clip_loss_needs_the_vision_and_text_embeddings_of_one_clip(comfy_path, tmp_path) -> None:
+    """L_CLIP (beta_clip) compares the decoded image's CLIP-vision embedding with the caption's pooled text one: with
+    widths that differ (ViT-H's 1024 against SDXL's CLIP-G 1280) the node refuses to start instead of training
+    without the term; with one width the term is computed at every step. The models are loaded under inference mode,
+    as ComfyUI's loader nodes run."""
+    from bolid_test_models.tiny_models import tiny_clip_vision, tiny_sdxl_clip, tiny_sdxl_model, tiny_sdxl_vae
+
+    from bolid_core.comfy.train_host import TrainingModels, TrainingRun, train_adapter, with_overrides
+
+    with torch.inference_mode():
+        model, vae, clip = tiny_sdxl_model(seed=0), tiny_sdxl_vae(seed=2), tiny_sdxl_clip(seed=1)
+        vit_h_like, one_clip = tiny_clip_vision(seed=3), tiny_clip_vision(seed=3, projection_dim=1280)
+
+    def run(clip_vision, name: str):
+        config = with_overrides(
+            TrainConfig(), {"seed": 3},
+            steps={"max_steps": 2, "batch_size": 1}, data={"resolution": 64, "min_views": 2},
+            adapter={"image_tokens": 2, "face_tokens": 0, "body_tokens": 0},
+            loss={"alpha_id": 0.0, "beta_clip": 0.5, "clip_every_steps": 1, "clip_timesteps": (0, 999)},
+        )  # fmt: skip
+        folder = tmp_path / name
+        training = TrainingRun(
+            write_dataset(folder / "data"), folder / "a.safetensors", folder / "run", folder / "cache", config
+        )
+        return train_adapter(TrainingModels(model, vae, clip, clip_vision), training)
+
+    with pytest.raises(ValueError, match=r"\(1024 wide\) with the caption's pooled text embedding \(1280 wide\)"):
+        run(vit_h_like, "vit_h_like")
+    result = run(one_clip, "one_clip")
+    assert [record["clip"] > 0 for record in result.history] == [True, True], result.history
+
+
+def test_image_embeds_with_grad_equal_comfyuis_and_carry_the_gradient(comfy_path) -> None:
+    from bolid_test_models.tiny_models import tiny_clip_vision
+
+    from bolid_core.comfy.train_host import image_embeds_with_grad
+
+    vision = tiny_clip_vision(seed=4, projection_dim=1280)
+    pixels = torch.randn((2, 3, 56, 56), generator=torch.Generator().manual_seed(5))  # the tiny model's image_size
+    with torch.no_grad():
+        expected = vision.model(pixel_values=pixels, intermediate_output=-2)[2]  # ComfyUI's own forward
+    leaf = pixels.clone().requires_grad_(True)
+    embeds = image_embeds_with_grad(vision.model, leaf)
+    assert embeds.shape == (2, 1280) and torch.allclose(embeds, expected, atol=1e-5, rtol=1e-5)
+    embeds.square().sum().backward()
+    assert leaf.grad is not None and bool(leaf.grad.abs().sum() > 0)

@@ -15,7 +15,7 @@ from scenario_assets import EVAL_FOLDER, EVAL_IMAGES, install_scenario_assets
 from bolid_core.convert import convert_workflow
 from bolid_dev.client import WorkflowError
 from bolid_dev.runtime import REPO_ROOT
-from bolid_dev.ui_workflow import render
+from bolid_dev.ui_workflow import render, with_widget_defaults
 from bolid_dev.workflows import (
     API_WORKFLOWS_DIR,
     PREREQUISITES,
@@ -330,16 +330,17 @@ def test_evaluation_workflow_scores_every_image_of_the_folder(client, scenario_a
     assert -1.0 <= report["clip_score"] <= 1.0 and report["face_style_score"] is not None
 
 
-def test_converted_workflow_is_what_the_converter_makes() -> None:
+def test_converted_workflow_is_what_the_converter_makes(client) -> None:
     """workflows/api/ipadapter_plus_faceid_converted.json is `python -m bolid_core.convert` of the peer-layout
-    source, with every peer node mapped; regenerate it with that command when either changes."""
+    source, with every peer node mapped, and the widgets it leaves out written as their defaults (as every shipped
+    API file has them); regenerate it with those commands when either changes."""
     source = json.loads(PEER_SOURCE.read_text())
     assert {"IPAdapterUnifiedLoaderFaceID", "IPAdapterFaceID"} <= {node["class_type"] for node in source.values()}
     result = convert_workflow(source)
     assert not result.unmapped, [str(finding) for finding in result.unmapped]
-    assert result.workflow == load_api_workflow(CONVERTED_WORKFLOW), (
+    assert with_widget_defaults(result.workflow, client.object_info()) == load_api_workflow(CONVERTED_WORKFLOW), (
         f"run `python -m bolid_core.convert {PEER_SOURCE.relative_to(REPO_ROOT)} -o "
-        f"workflows/api/{CONVERTED_WORKFLOW}.json`"
+        f"workflows/api/{CONVERTED_WORKFLOW}.json`, then `python -m bolid_dev.ui_workflow --write-defaults`"
     )
     assert not any(node["class_type"].startswith("IPAdapter") for node in result.workflow.values())
 

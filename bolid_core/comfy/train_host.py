@@ -289,10 +289,25 @@ def check_models(models: TrainingModels, config: TrainConfig) -> None:
             "Training target 'base_unet' trains a diffusers UNet's own weights and runs from the command line only "
             "(python -m bolid_core.train); this node trains adapters on the loaded MODEL: pick another target."
         )
+    if trains_adapter(target) and config.loss.beta_clip > 0 and models.clip_vision is not None:
+        _check_clip_loss_space(models)
     if target is TrainTarget.JOINT and not config.adapter.body_tokens:
         raise ValueError(
             "Training target 'adapter_and_body_vae' trains the body VAE through the adapter's body source, but "
             "adapter.body_tokens is 0 in the training config: give it tokens, or pick the target 'body_vae'."
+        )
+
+
+def _check_clip_loss_space(models: TrainingModels) -> None:
+    """L_CLIP compares the decoded image's CLIP-vision embedding with the caption's pooled text embedding: both must
+    come from one CLIP, so one width. SDXL's pooled text is CLIP-G's (1280): ViT-bigG matches it, ViT-H (1024) not."""
+    vision_width = _clip_vision_width(models.clip_vision)
+    _, pooled = encode_text(models.clip, "")
+    if vision_width != pooled.shape[-1]:
+        raise ValueError(
+            f"loss beta_clip > 0 (L_CLIP) compares the image's CLIP-vision embedding ({vision_width} wide) with the "
+            f"caption's pooled text embedding ({pooled.shape[-1]} wide), which must come from the same CLIP. For "
+            "SDXL connect CLIP-ViT-bigG-14 as clip_vision, or set beta_clip to 0."
         )
 
 
@@ -383,11 +398,9 @@ def build_encoders(
             f"body:{body_vae.image_size}:{body_vae.map_size}", body_vae.image_size, body_vae.map_size, BODY_WEIGHTING
         )
     if trains_adapter(config.target) and config.loss.beta_clip > 0 and models.clip_vision is not None:
-        _, pooled = encode_text(models.clip, "")
-        if _clip_vision_width(models.clip_vision) == pooled.shape[-1]:
-            encoders[CacheKeys.CAPTION_CLIP] = host_free.caption_clip_encoder(
-                lambda caption: encode_text(models.clip, caption)[1], f"caption:{clip_print}"
-            )
+        encoders[CacheKeys.CAPTION_CLIP] = host_free.caption_clip_encoder(  # widths checked by check_models
+            lambda caption: encode_text(models.clip, caption)[1], f"caption:{clip_print}"
+        )
     return encoders
 
 
@@ -419,9 +432,29 @@ def auxiliary_scorers(models: TrainingModels, config: TrainConfig) -> AuxiliaryS
             pixels = clip_preprocess(
                 images.to(vision.load_device), size=vision.image_size, mean=vision.image_mean, std=vision.image_std
             )
-            return vision.model(pixel_values=pixels.float(), intermediate_output=-2)[2].float()
+            return image_embeds_with_grad(vision.model, pixels.float()).float()
 
+    with torch.inference_mode(False):  # ComfyUI loads models under inference mode: see _make_autograd_safe
+        _make_autograd_safe(vae.first_stage_model)
+        if clip_image is not None:
+            _make_autograd_safe(models.clip_vision.model)
     return AuxiliaryScorers(decode, pose_people, clip_image)
+
+
+def image_embeds_with_grad(model: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """ComfyUI's CLIPVisionModelProjection image embeds (post-LayerNorm class token, projected), computed out of
+    place: its CLIPLayer adds the residuals in place (`x += ...`), which autograd refuses once LayerNorm has saved x."""
+    from comfy.ldm.modules.attention import optimized_attention_for_device
+
+    vision = model.vision_model
+    if getattr(vision, "output_layernorm", False):
+        raise ValueError("L_CLIP needs a CLIP vision model (a class token and a projection); this one is SigLIP.")
+    x = vision.pre_layrnorm(vision.embeddings(pixels))
+    attention = optimized_attention_for_device(x.device, mask=False, small_input=True)
+    for layer in vision.encoder.layers:
+        x = x + layer.self_attn(layer.layer_norm1(x), None, attention)
+        x = x + layer.mlp(layer.layer_norm2(x))
+    return model.visual_projection(vision.post_layernorm(x[:, 0, :]))
 
 
 # --- one training run -----------------------------------------------------------------------------------------

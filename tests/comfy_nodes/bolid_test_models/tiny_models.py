@@ -141,11 +141,12 @@ TINY_CLIP_VISION_CONFIG = {
 }  # fmt: skip
 
 
-def tiny_clip_vision(seed: int = 3) -> comfy.clip_vision.ClipVisionModel:
+def tiny_clip_vision(seed: int = 3, projection_dim: int | None = None) -> comfy.clip_vision.ClipVisionModel:
     with tempfile.TemporaryDirectory() as folder:
         config = f"{folder}/clip_vision_config.json"
         with open(config, "w") as file:
-            json.dump(TINY_CLIP_VISION_CONFIG, file)
+            overrides = {} if projection_dim is None else {"projection_dim": projection_dim}
+            json.dump({**TINY_CLIP_VISION_CONFIG, **overrides}, file)
         clip_vision = comfy.clip_vision.ClipVisionModel(config)
     randomize_(clip_vision.model, seed)
     return clip_vision
