@@ -321,7 +321,7 @@ the optimizer state, the step and the random state come back, so the run goes on
 Knobs that matter:
 - resume: the run to continue (its adapter_name).
 - steps: the total to reach, counting the steps already done.
-- learning_rate: the checkpoint's optimizer state keeps the run's rate; a new value here is not used.
+- learning_rate: the run's own (0.0001); another rate is refused, since the optimizer state comes back.
 """,
         {Stage.GUIDANCE: "4 · Training (resumed)"},
     ),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -241,6 +242,23 @@ def test_resume_refuses_another_dataset(tmp_path):
     other.dataset = other.dataset[:7]
     with pytest.raises(RuntimeError, match="same dataset"):
         other.resume()
+
+
+def test_resume_refuses_another_learning_rate_and_takes_the_same(tmp_path):
+    """The restored optimizer state keeps the rate the run was trained at; a new rate is refused, not ignored."""
+    config = resume_config(max_steps=3, every_steps=3)
+    trainer, _ = denoiser_trainer(config, tmp_path)
+    trainer.train()
+    faster = replace(config, optimizer=replace(config.optimizer, lr=1e-2))
+    other, _ = denoiser_trainer(faster, tmp_path)
+    with pytest.raises(
+        RuntimeError, match=r"trained with learning rate 0\.003, this run asks for 0\.01; .* back to 0\.003"
+    ):
+        other.resume()
+    longer = replace(config, steps=replace(config.steps, max_steps=5))  # the same rate, more steps: continues
+    same, _ = denoiser_trainer(longer, tmp_path)
+    assert same.resume().name == "step_000000003"
+    assert same.scheduler.base_lrs == [config.optimizer.lr]
 
 
 def test_warmup_schedule_config_reaches_the_trainer():

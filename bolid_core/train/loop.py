@@ -356,6 +356,14 @@ class Trainer:
                 f"{loaded.path.name} was trained on {state.dataset_size} examples, this dataset has "
                 f"{len(self.dataset)}; resume with the same dataset, or start a new run in another folder."
             )
+        trained_lr = loaded.optimizer_state["scheduler"].get("base_lrs", [self.config.optimizer.lr])[0]
+        if not math.isclose(trained_lr, self.config.optimizer.lr, rel_tol=1e-9):
+            # The restored optimizer state would silently keep the old rate: say so rather than ignore the new one.
+            raise CheckpointError(
+                f"{loaded.path.name} was trained with learning rate {trained_lr:g}, this run asks for "
+                f"{self.config.optimizer.lr:g}; resuming continues the run as it was, so set the learning rate back "
+                f"to {trained_lr:g}, or start a new run in another folder to train at {self.config.optimizer.lr:g}."
+            )
         load_module_weights(self.modules, loaded.weights)
         self.optimizer.load_state_dict(loaded.optimizer_state["optimizer"])
         self.scheduler.load_state_dict(loaded.optimizer_state["scheduler"])
