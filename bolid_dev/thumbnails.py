@@ -10,7 +10,6 @@ follows the UI file exactly; a test redraws each one and compares.
 from __future__ import annotations
 
 import io
-import math
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from bolid_core.files import write_bytes_atomic
 
+from .ui_workflow import SLOT_HEIGHT, TITLE_HEIGHT, wire_points
 from .workflows import WORKFLOWS_DIR
 
 THUMBNAIL_SIZE = (768, 512)
@@ -27,23 +27,12 @@ WIRE_COLOURS = {
     "IMAGE": "#64b5f6", "MASK": "#81c784", "CLIP_VISION": "#a8dadc",
 }  # fmt: skip
 OTHER_WIRE = "#9aa6b0"
-MARGIN, TITLE_HEIGHT, SLOT_HEIGHT = 40, 30, 20
+MARGIN = 40
 JPEG_QUALITY = 88
 
 
 def _font(size: int) -> ImageFont.ImageFont:
     return ImageFont.load_default(size=max(8, size))
-
-
-def _bezier(start, end, samples: int = 24) -> list[tuple[float, float]]:
-    reach = max(30.0, math.dist(start, end) * 0.25)
-    (x0, y0), (x3, y3) = start, end
-    points = []
-    for i in range(samples + 1):
-        t = i / samples
-        a, b, c, d = (1 - t) ** 3, 3 * (1 - t) ** 2 * t, 3 * (1 - t) * t**2, t**3
-        points.append((a * x0 + b * (x0 + reach) + c * (x3 - reach) + d * x3, (a + b) * y0 + (c + d) * y3))
-    return points
 
 
 def _bounds(ui: dict) -> tuple[float, float, float, float]:
@@ -77,7 +66,8 @@ def draw(ui: dict) -> Image.Image:
         a, b = nodes[source], nodes[target]
         start = (a["pos"][0] + a["size"][0] - 9, a["pos"][1] + (source_slot + 0.7) * SLOT_HEIGHT)
         end = (b["pos"][0] + 10, b["pos"][1] + (target_slot + 0.7) * SLOT_HEIGHT)
-        canvas.line([at(*p) for p in _bezier(start, end)], fill=WIRE_COLOURS.get(kind, OTHER_WIRE), width=2)
+        wire = [at(*p) for p in wire_points(start, end, samples=24)]
+        canvas.line(wire, fill=WIRE_COLOURS.get(kind, OTHER_WIRE), width=2)
     for node in ui["nodes"]:
         x, y = node["pos"]
         w, h = node["size"]

@@ -99,7 +99,8 @@ def _node_height(widgets: int, sockets: int, tall_widgets: int) -> int:
     return max(MIN_NODE_HEIGHT, 46 + 24 * (widgets + sockets) + 200 * tall_widgets)
 
 
-def _bezier(start: tuple[float, float], end: tuple[float, float], samples: int) -> list[tuple[float, float]]:
+def wire_points(start: tuple[float, float], end: tuple[float, float], samples: int) -> list[tuple[float, float]]:
+    """The frontend's wire from an output slot to an input slot, as `samples` + 1 points of its cubic Bézier."""
     reach = max(30.0, math.dist(start, end) * 0.25)
     (x0, y0), (x3, y3) = start, end
     x1, x2 = x0 + reach, x3 - reach
@@ -147,7 +148,7 @@ class _Wire:
 def _wire_points(wire: _Wire, boxes: dict[str, _Box]) -> list[tuple[float, float]]:
     start = boxes[wire.source].output_slot(wire.source_slot)
     end = boxes[wire.target].input_slot(wire.target_slot)
-    return _bezier(start, end, samples=max(8, int(math.dist(start, end) / 8)))
+    return wire_points(start, end, samples=max(8, int(math.dist(start, end) / 8)))
 
 
 def _crossings(wires: list[_Wire], boxes: dict[str, _Box]) -> list[tuple[_Wire, str, float]]:

@@ -130,6 +130,18 @@ Knobs that matter:
 - {knob}
 """
 
+
+def _fastface_layout(am: str, method: str, custom_inputs: str) -> WorkflowLayout:
+    """The two FastFace workflows differ only in the attention manipulation (AM1 or AM2)."""
+    knob = f"preset on FastFace Attention Manipulation: '{am} (published)'; with '{am} custom', {custom_inputs}."
+    return WorkflowLayout(
+        f"FastFace: 4 steps, FaceID-Plus-v2 + LoRA, {am} + DCG",
+        _FASTFACE_NOTE.format(am=method, knob=knob),
+        {Stage.GUIDANCE: f"4 · Guidance: adapter, {am}, DCG"},
+        stages={"20": Stage.GUIDANCE},  # the zero negative belongs to DCG: FastFace passes no negative prompt
+    )
+
+
 LAYOUTS: dict[str, WorkflowLayout] = {
     "bolid_keypoint_weighting": WorkflowLayout(
         "BoLID: keypoint weighting of a view",
@@ -208,25 +220,13 @@ Knobs that matter:
 - body_weight on each Apply Adapter (1.0): the body ID's strength.
 """,
     ),
-    "fastface_am2_dcg": WorkflowLayout(
-        "FastFace: 4 steps, FaceID-Plus-v2 + LoRA, AM2 + DCG",
-        _FASTFACE_NOTE.format(
-            am="AM2 (scheduled softmax)",
-            knob="preset on FastFace Attention Manipulation: 'AM2 (published)'; with 'AM2 custom', "
-            "am2_scale (1.0 at the first step, then 1.55) and am2_sharpness (7.5, then 5.0).",
-        ),
-        {Stage.GUIDANCE: "4 · Guidance: adapter, AM2, DCG"},
-        stages={"20": Stage.GUIDANCE},  # the zero negative belongs to DCG: FastFace passes no negative prompt
+    "fastface_am2_dcg": _fastface_layout(
+        "AM2",
+        "AM2 (scheduled softmax)",
+        "am2_scale (1.0 at the first step, then 1.55) and am2_sharpness (7.5, then 5.0)",
     ),
-    "fastface_am1_dcg": WorkflowLayout(
-        "FastFace: 4 steps, FaceID-Plus-v2 + LoRA, AM1 + DCG",
-        _FASTFACE_NOTE.format(
-            am="AM1 (scale-power s·A^p)",
-            knob="preset on FastFace Attention Manipulation: 'AM1 (published)'; with 'AM1 custom', "
-            "am1_power p (1.3) and am1_scale_down / am1_scale_up s (1.55 / 1.45).",
-        ),
-        {Stage.GUIDANCE: "4 · Guidance: adapter, AM1, DCG"},
-        stages={"20": Stage.GUIDANCE},  # the zero negative belongs to DCG: FastFace passes no negative prompt
+    "fastface_am1_dcg": _fastface_layout(
+        "AM1", "AM1 (scale-power s·A^p)", "am1_power p (1.3) and am1_scale_down / am1_scale_up s (1.55 / 1.45)"
     ),
     "fastface_evaluation_folder": WorkflowLayout(
         "FastFace evaluation over a folder of images",
