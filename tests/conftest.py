@@ -33,6 +33,29 @@ def _tier(item: pytest.Item) -> str:
     return next((tier for tier in TIERS[1:] if item.path.name.startswith(f"test_{tier}_")), "unit")
 
 
+def _room() -> str:
+    """Free disk under the temporary folder and available memory: a suite failing on a full machine says so."""
+    import shutil
+    import tempfile
+
+    free_disk = shutil.disk_usage(tempfile.gettempdir()).free / 2**30
+    available = "unknown"
+    meminfo = Path("/proc/meminfo")
+    if meminfo.exists():
+        fields = dict(line.split(":", 1) for line in meminfo.read_text().splitlines() if ":" in line)
+        if "MemAvailable" in fields:
+            available = f"{int(fields['MemAvailable'].split()[0]) / 2**20:.1f} GiB"
+    return f"free disk in {tempfile.gettempdir()}: {free_disk:.1f} GiB, available memory: {available}"
+
+
+def pytest_report_header() -> str:
+    return _room()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    terminalreporter.write_line(_room())
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         item.add_marker(getattr(pytest.mark, _tier(item)))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import time
 from pathlib import Path
 
 import cv2
@@ -117,15 +116,3 @@ def test_the_measurer_reads_pixels_only():
     world_names = {name for module, name in imported if module.endswith("world")}
     assert world_names <= {"PROPORTION_NAMES", "PROPORTION_RANGES"}
     assert not any("body" in module or "vae" in module for module, _ in imported)
-
-
-def test_measure_timing():
-    rng = np.random.default_rng(300)
-    images = [render(sample_body(rng), sample_view(rng)).image for _ in range(30)]
-    measure(images[0])
-    start = time.perf_counter()
-    for image in images:
-        measure(image)
-    per_image = (time.perf_counter() - start) / len(images)
-    print(f"\nmeasure: {per_image * 1e3:.1f} ms")
-    assert per_image < 0.1

@@ -1,4 +1,5 @@
-// Reading the graph the user is editing (no extension here: the DCG and region previews share these).
+// Reading the graph the user is editing, and the pieces every BoLID widget is built from (no extension here: the
+// extensions in this folder share these).
 
 const PASS_THROUGH = new Set(["Reroute"]);
 
@@ -43,4 +44,21 @@ export function widgetValue(node, name) {
     return origin && /^Primitive/.test(origin.node.type) ? primitive?.value : undefined;
   }
   return node.widgets?.find((w) => w.name === name)?.value;
+}
+
+// A widget that only draws on the node: never written into the prompt or the saved workflow. `parts` gives its draw
+// and its size (computeSize or computeLayoutSize).
+export function drawnWidget(name, parts) {
+  return { name, type: name, value: null, options: { serialize: false }, serialize: false, ...parts };
+}
+
+// Runs `extra` on the node after the node type's own `method` (and any other extension's), with the same arguments;
+// the call returns what that method returned.
+export function runAfter(nodeType, method, extra) {
+  const original = nodeType.prototype[method];
+  nodeType.prototype[method] = function () {
+    const result = original?.apply(this, arguments);
+    extra.apply(this, arguments);
+    return result;
+  };
 }

@@ -1,7 +1,7 @@
 // "BoLID Decoupled CFG Guider": draws the alpha/beta schedule step by step on the node, and warns when a list's
 // length differs from the steps of the sampler the guider feeds (the server would refuse the prompt at that point).
 import { app } from "../../../scripts/app.js";
-import { inputOrigin, outputTargets, widgetValue } from "./bolid_graph.js";
+import { drawnWidget, inputOrigin, outputTargets, runAfter, widgetValue } from "./bolid_graph.js";
 
 const NODE_NAME = "BoLIDDecoupledCFGGuider";
 const PREFERRED_HEIGHT = 150;
@@ -198,12 +198,7 @@ function wrap(ctx, text, width) {
 }
 
 function scheduleWidget(node) {
-  return {
-    name: "bolid_dcg_schedule",
-    type: "bolid_dcg_schedule",
-    value: null,
-    options: { serialize: false },
-    serialize: false,
+  return drawnWidget("bolid_dcg_schedule", {
     computeLayoutSize: () => ({ minHeight: MIN_HEIGHT, maxHeight: 1e6, minWidth: 0 }),
     draw(ctx, _node, width, y) {
       const height = this.computedHeight ?? PREFERRED_HEIGHT;
@@ -240,24 +235,19 @@ function scheduleWidget(node) {
       }
       ctx.restore();
     },
-  };
+  });
 }
 
 app.registerExtension({
   name: "BoLID.DCGSchedule",
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData.name !== NODE_NAME) return;
-    const onNodeCreated = nodeType.prototype.onNodeCreated;
-    nodeType.prototype.onNodeCreated = function () {
-      const result = onNodeCreated?.apply(this, arguments);
+    runAfter(nodeType, "onNodeCreated", function () {
       this.addCustomWidget(scheduleWidget(this));
       this.setSize([Math.max(this.size[0], 320), this.computeSize()[1] + PREFERRED_HEIGHT - MIN_HEIGHT]);
-      return result;
-    };
+    });
     // A red frame around the node as well: the warning stays visible when the node is small or zoomed out.
-    const onDrawForeground = nodeType.prototype.onDrawForeground;
-    nodeType.prototype.onDrawForeground = function (ctx) {
-      const result = onDrawForeground?.apply(this, arguments);
+    runAfter(nodeType, "onDrawForeground", function (ctx) {
       if (!this.flags?.collapsed && scheduleState(this).warnings.length) {
         ctx.save();
         ctx.strokeStyle = WARNING_COLOUR;
@@ -266,7 +256,6 @@ app.registerExtension({
         ctx.strokeRect(-3, -title - 3, this.size[0] + 6, this.size[1] + title + 6);
         ctx.restore();
       }
-      return result;
-    };
+    });
   },
 });

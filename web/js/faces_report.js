@@ -1,18 +1,14 @@
 // Shows the report of "BoLID Faces Of One Person" (how alike the photos are, which face looks like someone
 // else) on the node itself once it has run. The server sends it as the node's ui "text".
 import { app } from "../../../scripts/app.js";
+import { drawnWidget, runAfter } from "./bolid_graph.js";
 
 const NODE_NAME = "BoLIDFacesOfOnePerson";
 const LINE_HEIGHT = 14;
 const PADDING = 8;
 
 function reportWidget(node) {
-  return {
-    name: "bolid_faces_report",
-    type: "bolid_faces_report",
-    value: null,
-    options: { serialize: false },
-    serialize: false,
+  return drawnWidget("bolid_faces_report", {
     computeSize(width) {
       const lines = node.bolidReport ? node.bolidReport.split("\n").length : 0;
       return [width, lines ? lines * LINE_HEIGHT + 2 * PADDING : 0];
@@ -30,22 +26,17 @@ function reportWidget(node) {
       });
       ctx.restore();
     },
-  };
+  });
 }
 
 app.registerExtension({
   name: "BoLID.FacesReport",
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData.name !== NODE_NAME) return;
-    const onNodeCreated = nodeType.prototype.onNodeCreated;
-    nodeType.prototype.onNodeCreated = function () {
-      const result = onNodeCreated?.apply(this, arguments);
+    runAfter(nodeType, "onNodeCreated", function () {
       this.addCustomWidget(reportWidget(this));
-      return result;
-    };
-    const onExecuted = nodeType.prototype.onExecuted;
-    nodeType.prototype.onExecuted = function (message) {
-      onExecuted?.apply(this, arguments);
+    });
+    runAfter(nodeType, "onExecuted", function (message) {
       const text = message?.text;
       this.bolidReport = Array.isArray(text) ? text.join("\n") : typeof text === "string" ? text : null;
       if (this.bolidReport) {
@@ -60,6 +51,6 @@ app.registerExtension({
         this.setSize([widest, this.computeSize()[1]]);
       }
       this.setDirtyCanvas(true, true);
-    };
+    });
   },
 });

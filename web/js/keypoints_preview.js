@@ -1,6 +1,7 @@
 // Draws the pose typed into "BoLID Keypoints (JSON)" under its text box, and says what is wrong
 // with the JSON before the prompt is queued.
 import { app } from "../../../scripts/app.js";
+import { drawnWidget, runAfter } from "./bolid_graph.js";
 
 const NODE_NAME = "BoLIDKeypointsFromJSON";
 const PREVIEW_HEIGHT = 170;
@@ -61,12 +62,7 @@ function drawView(ctx, view, x, y, w, h) {
 }
 
 function previewWidget(node) {
-  return {
-    name: "bolid_pose_preview",
-    type: "bolid_pose_preview",
-    value: null,
-    options: { serialize: false },
-    serialize: false,
+  return drawnWidget("bolid_pose_preview", {
     computeSize: (width) => [width, PREVIEW_HEIGHT],
     draw(ctx, _node, width, y) {
       const text = node.widgets?.find((w) => w.name === "keypoints_json")?.value ?? "";
@@ -89,27 +85,21 @@ function previewWidget(node) {
       }
       ctx.restore();
     },
-  };
+  });
 }
 
 app.registerExtension({
   name: "BoLID.KeypointsPreview",
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData.name !== NODE_NAME) return;
-    const onNodeCreated = nodeType.prototype.onNodeCreated;
-    nodeType.prototype.onNodeCreated = function () {
-      const result = onNodeCreated?.apply(this, arguments);
+    runAfter(nodeType, "onNodeCreated", function () {
       this.addCustomWidget(previewWidget(this));
       this.setSize([Math.max(this.size[0], 340), this.computeSize()[1]]);
-      return result;
-    };
+    });
     // A saved workflow may give the node less room than the text box plus the preview need.
-    const onConfigure = nodeType.prototype.onConfigure;
-    nodeType.prototype.onConfigure = function () {
-      const result = onConfigure?.apply(this, arguments);
+    runAfter(nodeType, "onConfigure", function () {
       const [minWidth, minHeight] = this.computeSize();
       this.setSize([Math.max(this.size[0], minWidth), Math.max(this.size[1], minHeight)]);
-      return result;
-    };
+    });
   },
 });

@@ -5,7 +5,7 @@
 // lower number. Colours are bolid_core/identity/region_preview.py's REGION_PALETTE, so both previews agree.
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
-import { inputOrigin, widgetValue } from "./bolid_graph.js";
+import { drawnWidget, inputOrigin, runAfter, widgetValue } from "./bolid_graph.js";
 
 const ADD_REGION = "BoLIDAddRegion";
 const REGIONS_PREVIEW = "BoLIDRegionsPreview";
@@ -315,17 +315,12 @@ function drawPreview(ctx, node, width, y, height) {
 }
 
 function previewWidget(node) {
-  return {
-    name: "bolid_regions_preview",
-    type: "bolid_regions_preview",
-    value: null,
-    options: { serialize: false },
-    serialize: false,
+  return drawnWidget("bolid_regions_preview", {
     computeLayoutSize: () => ({ minHeight: MIN_HEIGHT, maxHeight: 1e6, minWidth: 0 }),
     draw(ctx, _node, width, y) {
       drawPreview(ctx, node, width, y, this.computedHeight ?? PREFERRED_HEIGHT);
     },
-  };
+  });
 }
 
 // The identity number as a badge on the title bar of Add Region, in the person's colour.
@@ -353,19 +348,13 @@ app.registerExtension({
   name: "BoLID.RegionPreview",
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData.name !== ADD_REGION && nodeData.name !== REGIONS_PREVIEW) return;
-    const onNodeCreated = nodeType.prototype.onNodeCreated;
-    nodeType.prototype.onNodeCreated = function () {
-      const result = onNodeCreated?.apply(this, arguments);
+    runAfter(nodeType, "onNodeCreated", function () {
       this.addCustomWidget(previewWidget(this));
       this.setSize([Math.max(this.size[0], 300), this.computeSize()[1] + PREFERRED_HEIGHT - MIN_HEIGHT]);
-      return result;
-    };
+    });
     if (nodeData.name !== ADD_REGION) return;
-    const onDrawForeground = nodeType.prototype.onDrawForeground;
-    nodeType.prototype.onDrawForeground = function (ctx) {
-      const result = onDrawForeground?.apply(this, arguments);
+    runAfter(nodeType, "onDrawForeground", function (ctx) {
       if (!this.flags?.collapsed) drawBadge(this, ctx);
-      return result;
-    };
+    });
   },
 });

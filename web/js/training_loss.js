@@ -2,6 +2,7 @@
 // ({node, step, max, terms}); the node draws the total loss so far under its widgets.
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
+import { drawnWidget, runAfter } from "./bolid_graph.js";
 
 const NODE_NAME = "BoLIDTrainAdapter";
 const EVENT = "bolid.training.loss";
@@ -10,12 +11,7 @@ const MIN_HEIGHT = 40;
 const MARKED_POINTS = 60; // a dot on each step while they are few enough to tell apart
 
 function chartWidget(node) {
-  return {
-    name: "bolid_loss_chart",
-    type: "bolid_loss_chart",
-    value: null,
-    options: { serialize: false },
-    serialize: false,
+  return drawnWidget("bolid_loss_chart", {
     // Takes the room the node has (a laid-out workflow sizes it), at least the status line.
     computeLayoutSize: () => ({ minHeight: MIN_HEIGHT, maxHeight: 1e6, minWidth: 0 }),
     draw(ctx, _node, width, y) {
@@ -61,7 +57,7 @@ function chartWidget(node) {
       }
       ctx.restore();
     },
-  };
+  });
 }
 
 app.registerExtension({
@@ -80,12 +76,9 @@ app.registerExtension({
   },
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData.name !== NODE_NAME) return;
-    const created = nodeType.prototype.onNodeCreated;
-    nodeType.prototype.onNodeCreated = function () {
-      const result = created?.apply(this, arguments);
+    runAfter(nodeType, "onNodeCreated", function () {
       this.addCustomWidget(chartWidget(this));
       this.setSize([this.size[0], this.computeSize()[1] + CHART_HEIGHT - MIN_HEIGHT]);
-      return result;
-    };
+    });
   },
 });
