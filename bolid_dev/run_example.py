@@ -5,7 +5,8 @@
 With no SDXL checkpoint in models/checkpoints, the default run is the miniature BoLID instead: the shipped miniature
 models (trained on a synthetic 64 px world, see the README) generate text plus each of two saved body IDs, so the
 method is seen working. Another --workflow without a checkpoint runs on tiny random test models: its image then only
-shows that the install works.
+shows that the install works. Before queueing, every file the workflow names that the server lacks is listed at once,
+with its folder and where to get it (bolid_dev.preflight).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import sys
 
 from .client import ComfyClient, WorkflowError
+from .preflight import describe_missing, missing_choices, readme_model_rows
 from .runtime import REPO_ROOT, RuntimeSetupError, comfy_server, comfyui_dir
 from .workflows import (
     DEFAULT_WORKFLOW,
@@ -59,7 +61,8 @@ def _run(workflow_name: str, timeout_s: float | None) -> int:
     elif checkpoint is None:
         print(
             f"No SDXL checkpoint in {models_root / 'checkpoints'}: running on TINY RANDOM TEST MODELS.\n"
-            "The image is only an install check, not a picture. Put an SDXL .safetensors there for real output."
+            "The image is only an install check, not a picture. Put an SDXL .safetensors there for real output.\n"
+            "SDXL adapters and LoRAs do not fit the tiny model: a workflow that loads them needs the checkpoint."
         )
         prompt, default_timeout, test_models = with_tiny_models(load_api_workflow(workflow_name)), 600.0, True
     else:
@@ -70,6 +73,13 @@ def _run(workflow_name: str, timeout_s: float | None) -> int:
     with comfy_server(base_directory, with_test_models=test_models, log_path=log_path) as server:
         print(f"ComfyUI is up at {server.url} (log: {log_path}); queueing {workflow_name}.")
         client = ComfyClient(server)
+        missing = missing_choices(prompt, client.object_info())
+        if missing:
+            print(
+                f"ERROR: {describe_missing(workflow_name, missing, readme_model_rows(), server.base_directory)}",
+                file=sys.stderr,
+            )
+            return 1
         entry = client.run(prompt, timeout_s=timeout_s or default_timeout)
         saved = [(node_id, client.saved_path(image)) for node_id, image in _saved_images(client, entry, prompt)]
     if not saved:

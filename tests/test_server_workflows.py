@@ -14,6 +14,7 @@ from scenario_assets import EVAL_FOLDER, EVAL_IMAGES, install_scenario_assets
 
 from bolid_core.convert import convert_workflow
 from bolid_dev.client import WorkflowError
+from bolid_dev.preflight import MissingChoice, missing_choices
 from bolid_dev.runtime import REPO_ROOT
 from bolid_dev.ui_workflow import render, with_widget_defaults
 from bolid_dev.workflows import (
@@ -108,6 +109,20 @@ def test_validation_error_reaches_the_client(client) -> None:
     workflow["7"]["inputs"]["keypoints_json"] = "[0.5, 0.5]"
     with pytest.raises(WorkflowError, match=r"(?s)HTTP 400.*Keypoints view 0 is not 17"):
         client.queue(workflow)
+
+
+def test_the_main_jobs_preflight_lists_every_missing_file_at_once(client, scenario_assets) -> None:
+    # ComfyUI's own check names only the first refused input on each path back from the output (here 8 and 19).
+    workflow = with_tiny_models(load_api_workflow("fastface_am2_dcg"))
+    assert missing_choices(workflow, client.object_info()) == []
+    workflow["6"]["inputs"]["adapter_name"] = "ipadapter/absent.bin"
+    workflow["8"]["inputs"]["image"] = "absent.png"
+    workflow["19"]["inputs"]["lora_name"] = "absent.safetensors"
+    assert missing_choices(workflow, client.object_info()) == [
+        MissingChoice("6", "BoLIDAdapterLoader", "adapter_name", "ipadapter/absent.bin"),
+        MissingChoice("8", "LoadImage", "image", "absent.png"),
+        MissingChoice("19", "LoraLoaderModelOnly", "lora_name", "absent.safetensors"),
+    ]
 
 
 def test_execution_error_reaches_the_client(client) -> None:
