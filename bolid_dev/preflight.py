@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .object_info import combo_options, input_specs
 from .runtime import REPO_ROOT
 
 README = REPO_ROOT / "README.md"
@@ -34,19 +35,6 @@ class ModelRow:
     source: str
 
 
-def combo_options(spec: object) -> list[str] | None:
-    """The choices of an /object_info input spec, or None when the input is not a combo. Both forms: a list as the
-    type (classic nodes) and "COMBO" with an options list (V3 nodes)."""
-    if not isinstance(spec, list) or not spec:
-        return None
-    kind = spec[0]
-    if isinstance(kind, list):
-        return [str(option) for option in kind]
-    if kind == "COMBO" and len(spec) > 1 and isinstance(spec[1], dict) and isinstance(spec[1].get("options"), list):
-        return [str(option) for option in spec[1]["options"]]
-    return None
-
-
 def missing_choices(prompt: dict, object_info: dict) -> list[MissingChoice]:
     """Every combo input of `prompt` whose value the server does not offer, in node-id order. Linked inputs and
     nodes the server does not know are left to ComfyUI's own check."""
@@ -56,7 +44,7 @@ def missing_choices(prompt: dict, object_info: dict) -> list[MissingChoice]:
         info = object_info.get(node["class_type"])
         if info is None:
             continue
-        specs = {**info["input"].get("required", {}), **info["input"].get("optional", {})}
+        specs = input_specs(info)
         for name, value in node["inputs"].items():
             options = combo_options(specs.get(name))
             if isinstance(value, str) and options is not None and value not in options:
@@ -64,17 +52,26 @@ def missing_choices(prompt: dict, object_info: dict) -> list[MissingChoice]:
     return missing
 
 
-def readme_model_rows(readme: Path = README) -> dict[str, ModelRow]:
-    """File name -> its row of README's model table ("## Models": File | Folder | Where to get it | Used by)."""
+MODEL_TABLE_HEADER = ["File", "Folder", "Where to get it", "Used by"]
+
+
+def readme_model_table(readme: Path = README) -> list[dict[str, str]]:
+    """The rows of README's model table ("## Models"), header -> cell text as written."""
     section = readme.read_text(encoding="utf-8").split("\n## Models\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in rows[0].strip("|").split("|")]
+    if header != MODEL_TABLE_HEADER:
+        raise ValueError(f"README's model table has the columns {header}, not {MODEL_TABLE_HEADER}")
+    return [dict(zip(header, (c.strip() for c in row.strip("|").split(" | ")), strict=True)) for row in rows[2:]]
+
+
+def readme_model_rows(readme: Path = README) -> dict[str, ModelRow]:
+    """File name -> where README's model table says it goes and where to get it."""
     rows = {}
-    for line in section.splitlines():
-        cells = [cell.strip() for cell in line.strip().strip("|").split(" | ")]
-        if not line.startswith("|") or len(cells) != 4 or not cells[1].startswith("`"):
-            continue
-        source = _LINK.sub(lambda link: f"{link.group(1)} ({link.group(2)})", cells[2])
-        for file in re.findall(r"`([^`]+)`", cells[0]):
-            rows[file] = ModelRow(cells[1].strip("`"), source)
+    for row in readme_model_table(readme):
+        source = _LINK.sub(lambda link: f"{link.group(1)} ({link.group(2)})", row["Where to get it"])
+        for file in re.findall(r"`([^`]+)`", row["File"]):
+            rows[file] = ModelRow(row["Folder"].strip("`"), source)
     return rows
 
 

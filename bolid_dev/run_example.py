@@ -75,11 +75,7 @@ def _run(workflow_name: str, timeout_s: float | None) -> int:
         client = ComfyClient(server)
         missing = missing_choices(prompt, client.object_info())
         if missing:
-            print(
-                f"ERROR: {describe_missing(workflow_name, missing, readme_model_rows(), server.base_directory)}",
-                file=sys.stderr,
-            )
-            return 1
+            raise WorkflowError(describe_missing(workflow_name, missing, readme_model_rows(), server.base_directory))
         entry = client.run(prompt, timeout_s=timeout_s or default_timeout)
         saved = [(node_id, client.saved_path(image)) for node_id, image in _saved_images(client, entry, prompt)]
     if not saved:

@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from bolid_core.files import write_bytes_atomic
 
-from .ui_workflow import SLOT_HEIGHT, TITLE_HEIGHT, wire_points
+from .ui_workflow import TITLE_HEIGHT, input_slot, output_slot, wire_points
 from .workflows import WORKFLOWS_DIR
 
 THUMBNAIL_SIZE = (768, 512)
@@ -64,8 +64,8 @@ def draw(ui: dict) -> Image.Image:
     nodes = {node["id"]: node for node in ui["nodes"]}
     for _, source, source_slot, target, target_slot, kind in ui["links"]:
         a, b = nodes[source], nodes[target]
-        start = (a["pos"][0] + a["size"][0] - 9, a["pos"][1] + (source_slot + 0.7) * SLOT_HEIGHT)
-        end = (b["pos"][0] + 10, b["pos"][1] + (target_slot + 0.7) * SLOT_HEIGHT)
+        start = output_slot(*a["pos"], a["size"][0], source_slot)
+        end = input_slot(*b["pos"], target_slot)
         wire = [at(*p) for p in wire_points(start, end, samples=24)]
         canvas.line(wire, fill=WIRE_COLOURS.get(kind, OTHER_WIRE), width=2)
     for node in ui["nodes"]:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from bolid_core.files import write_text_atomic
 
+from .object_info import combo_options, input_specs
 from .web_widgets import preview_height
 from .workflow_layouts import LAYOUTS, Stage, WorkflowLayout
 from .workflows import API_WORKFLOWS_DIR, WORKFLOWS_DIR
@@ -45,7 +46,7 @@ FIT_VIEW = (1900, 1000)  # the view the workflow opens with shows the whole grap
 
 
 def _ordered_inputs(info: dict) -> list[tuple[str, list]]:
-    specs = {**info["input"].get("required", {}), **info["input"].get("optional", {})}
+    specs = input_specs(info)
     order = info.get("input_order", {})
     names = order.get("required", []) + order.get("optional", []) if order else list(specs)
     return [(name, specs[name]) for name in names]
@@ -62,7 +63,7 @@ def _widget_default(node_id: str, class_type: str, name: str, spec: list, info: 
     options = spec[1] if len(spec) > 1 else {}
     if "default" in options:
         return options["default"]
-    choices = spec[0] if isinstance(spec[0], list) else options.get("options")
+    choices = combo_options(spec)
     if choices:
         return choices[0]
     raise ValueError(f"Node {node_id} ({class_type}) leaves out '{name}', which has no default: write its value.")
@@ -112,6 +113,20 @@ def wire_points(start: tuple[float, float], end: tuple[float, float], samples: i
     return points
 
 
+def output_slot(x: float, y: float, width: float, slot: int) -> tuple[float, float]:
+    """Where the frontend draws output `slot` of a node whose body starts at (x, y)."""
+    return x + width - SLOT_HEIGHT * 0.5 + 1, y + slot_offset(slot)
+
+
+def input_slot(x: float, y: float, slot: int) -> tuple[float, float]:
+    return x + SLOT_HEIGHT * 0.5, y + slot_offset(slot)
+
+
+def slot_offset(slot: int) -> float:
+    """A slot's height below the top of the node's body."""
+    return (slot + 0.7) * SLOT_HEIGHT
+
+
 @dataclass
 class _Box:
     node_id: str
@@ -123,10 +138,10 @@ class _Box:
     y: float = 0.0  # top of the body; the title bar sits above it
 
     def output_slot(self, slot: int) -> tuple[float, float]:
-        return self.x + self.width - SLOT_HEIGHT * 0.5 + 1, self.y + (slot + 0.7) * SLOT_HEIGHT
+        return output_slot(self.x, self.y, self.width, slot)
 
     def input_slot(self, slot: int) -> tuple[float, float]:
-        return self.x + SLOT_HEIGHT * 0.5, self.y + (slot + 0.7) * SLOT_HEIGHT
+        return input_slot(self.x, self.y, slot)
 
     def blocks(self, point: tuple[float, float]) -> bool:
         x, y = point
@@ -151,17 +166,14 @@ def _wire_points(wire: _Wire, boxes: dict[str, _Box]) -> list[tuple[float, float
     return wire_points(start, end, samples=max(8, int(math.dist(start, end) / 8)))
 
 
-def _crossings(wires: list[_Wire], boxes: dict[str, _Box]) -> list[tuple[_Wire, str, float]]:
-    """(wire, node it runs under, the wire's mean height over that node) for every such pair."""
+def _crossings(wires: list[_Wire], boxes: dict[str, _Box]) -> list[tuple[_Wire, str]]:
+    """(wire, node it runs under) for every such pair."""
     found = []
     for wire in wires:
         points = _wire_points(wire, boxes)
         for box in boxes.values():
-            if box.node_id in (wire.source, wire.target):
-                continue
-            hits = [y for x, y in points if box.blocks((x, y))]
-            if hits:
-                found.append((wire, box.node_id, sum(hits) / len(hits)))
+            if box.node_id not in (wire.source, wire.target) and any(box.blocks(point) for point in points):
+                found.append((wire, box.node_id))
     return found
 
 
@@ -205,7 +217,7 @@ def _place(boxes: dict[str, _Box], wires: list[_Wire], top: float, attempts: int
         successes += score[0] == 0
         if successes >= 4:
             break
-    if best is None and _try_layout(boxes, wires, top, {c: ids for c, ids in columns.items()}, None, strict=False):
+    if best is None and _try_layout(boxes, wires, top, columns, None, strict=False):
         best = (len(_crossings(wires, boxes)), 0.0, {n: b.y for n, b in boxes.items()})
     if best is None:
         raise RuntimeError("No layout fits the nodes of a column without overlap.")
@@ -231,7 +243,7 @@ def _try_layout(
     if not _solve(boxes, packing, top):
         return False
     # Constraints only for the pairs that cross; each one added can make others cross, which join in turn.
-    pending = [(wire, node_id) for wire, node_id, _ in _crossings(wires, boxes)]
+    pending = _crossings(wires, boxes)
     if rng is not None:
         rng.shuffle(pending)
     tried = set()
@@ -240,7 +252,7 @@ def _try_layout(
             tried.add(pair)
             if not _add_clearance(clearances, *pair, boxes, packing, top) and strict:
                 return False
-        pending = [(wire, node_id) for wire, node_id, _ in _crossings(wires, boxes) if (wire, node_id) not in tried]
+        pending = [pair for pair in _crossings(wires, boxes) if pair not in tried]
     return True
 
 
@@ -261,10 +273,7 @@ def _clearance_constraints(clearances: dict[tuple[_Wire, str], bool], boxes: dic
     constraints = []
     for (wire, node_id), above in clearances.items():
         box = boxes[node_id]
-        ends = (
-            (wire.source, (wire.source_slot + 0.7) * SLOT_HEIGHT),
-            (wire.target, (wire.target_slot + 0.7) * SLOT_HEIGHT),
-        )
+        ends = ((wire.source, slot_offset(wire.source_slot)), (wire.target, slot_offset(wire.target_slot)))
         for end, offset in ends:
             if above:  # node bottom + clearance <= wire end
                 constraints.append((node_id, end, box.height + WIRE_CLEARANCE - offset))
@@ -352,17 +361,18 @@ def api_to_ui(api: dict, object_info: dict, layout: WorkflowLayout) -> dict:
     note_size = (NOTE_WIDTH, _note_height(note_text))
     group_top = note_size[1] + 40
     node_top = group_top + GROUP_TITLE_HEIGHT + TITLE_HEIGHT
-    x, group_x = 0.0, {}
-    for stage in sorted({stages[n] for n in node_ids}):
-        group_x[stage] = x
-        x += GROUP_PAD
-        for key in column_keys:
-            if key[0] == stage:
-                for box in boxes.values():
-                    if box.column == column_index[key]:
-                        box.x = x
-                x += NODE_WIDTH + COLUMN_GAP
-        x += GROUP_PAD - COLUMN_GAP + GROUP_GAP
+    x, group_x, column_x = 0.0, {}, []
+    for stage, _ in column_keys:  # sorted by stage
+        if stage not in group_x:
+            if group_x:
+                x += GROUP_PAD - COLUMN_GAP + GROUP_GAP
+            group_x[stage] = x
+            x += GROUP_PAD
+        column_x.append(x)
+        x += NODE_WIDTH + COLUMN_GAP
+    x += GROUP_PAD - COLUMN_GAP + GROUP_GAP
+    for box in boxes.values():
+        box.x = column_x[box.column]
     _place(boxes, wires, node_top)
 
     bottom = max(b.y + b.height for b in boxes.values()) + GROUP_PAD
@@ -404,8 +414,10 @@ def layout_for(name: str) -> WorkflowLayout:
     return LAYOUTS[name]
 
 
-def render(api_path: Path, object_info: dict) -> str:
-    ui = api_to_ui(json.loads(api_path.read_text()), object_info, layout_for(api_path.stem))
+def render(api_path: Path, object_info: dict, api: dict | None = None) -> str:
+    """The UI file of the API workflow at `api_path` (`api`: its graph, when already read)."""
+    api = json.loads(api_path.read_text()) if api is None else api
+    ui = api_to_ui(api, object_info, layout_for(api_path.stem))
     return json.dumps(ui, indent=2, ensure_ascii=False) + "\n"
 
 
@@ -426,11 +438,12 @@ def main(argv: list[str] | None = None) -> int:
         with comfy_server(Path(base), with_test_models=False, log_path=Path(base) / "logs" / "comfyui.log") as server:
             object_info = ComfyClient(server).object_info()
     for api_path in sorted(API_WORKFLOWS_DIR.glob("*.json")):
+        api = json.loads(api_path.read_text())
         if args.write_defaults:
-            completed = with_widget_defaults(json.loads(api_path.read_text()), object_info)
-            write_text_atomic(api_path, json.dumps(completed, indent=2, ensure_ascii=False) + "\n")
+            api = with_widget_defaults(api, object_info)
+            write_text_atomic(api_path, json.dumps(api, indent=2, ensure_ascii=False) + "\n")
         target = WORKFLOWS_DIR / api_path.name
-        write_text_atomic(target, render(api_path, object_info))
+        write_text_atomic(target, render(api_path, object_info, api))
         print(f"wrote {target}")
     return 0
 

@@ -11,7 +11,7 @@ from ..bolid_core.comfy.attn2 import apply_adapter
 from ..bolid_core.comfy.folders import model_choice_fingerprint, model_choices, resolve_model_choice
 from ..bolid_core.comfy.sources import SourceInputs, applied_sources
 from ..bolid_core.identity.regions import Background
-from .checks import require_finite_numbers, validate_finite_numbers
+from .checks import number_problem, require_finite_numbers
 from .types import AdapterType, BodyIDType, FaceEmbedsType, ImageEmbedsType, RegionsType
 
 ADAPTER_FOLDERS = ("bolid", "ipadapter")
@@ -188,10 +188,7 @@ class ApplyAdapter(io.ComfyNode):
         faceid_v2_shortcut: float, style_image_share: float | None = None, composition_weight: float | None = None,
         precise_boost: float | None = None,
     ) -> bool | str:  # fmt: skip
-        checked = validate_finite_numbers(cls, locals())
-        if checked is not True:
-            return checked
-        return window_order_error(start_at, end_at) or True
+        return number_problem(cls, locals()) or window_order_error(start_at, end_at) or True
 
     @classmethod
     def execute(

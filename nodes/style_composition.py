@@ -10,7 +10,7 @@ from ..bolid_core.adapter.tokens import ReferenceCombine
 from ..bolid_core.comfy.attn2 import apply_adapter
 from ..bolid_core.comfy.sources import SourceInputs, StyleComposition, applied_sources
 from .adapter import combine_input, embeds_scaling_input, encode_batch_size_input, weight_input, window_order_error
-from .checks import require_finite_numbers, validate_finite_numbers
+from .checks import number_problem, require_finite_numbers
 from .types import AdapterType
 
 
@@ -53,10 +53,7 @@ class ApplyStyleComposition(io.ComfyNode):
     def validate_inputs(
         cls, weight_style: float, weight_composition: float, start_at: float, end_at: float
     ) -> bool | str:
-        checked = validate_finite_numbers(cls, locals())
-        if checked is not True:
-            return checked
-        return window_order_error(start_at, end_at) or True
+        return number_problem(cls, locals()) or window_order_error(start_at, end_at) or True
 
     @classmethod
     def execute(

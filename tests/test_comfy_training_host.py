@@ -395,6 +395,10 @@ def test_clip_loss_needs_the_vision_and_text_embeddings_of_one_clip(comfy_path, 
 
     with pytest.raises(ValueError, match=r"\(1024 wide\) with the caption's pooled text embedding \(1280 wide\)"):
         run(vit_h_like, "vit_h_like")
+    siglip_like = tiny_clip_vision(seed=3, projection_dim=1280)
+    siglip_like.model.vision_model.output_layernorm = True  # what marks ComfyUI's SigLIP vision models
+    with pytest.raises(ValueError, match=r"clip_vision is SigLIP\. For SDXL connect CLIP-ViT-bigG-14"):
+        run(siglip_like, "siglip_like")
     result = run(one_clip, "one_clip")
     assert [record["clip"] > 0 for record in result.history] == [True, True], result.history
 

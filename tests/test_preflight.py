@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bolid_dev.preflight import MissingChoice, combo_options, describe_missing, missing_choices, readme_model_rows
+from bolid_dev.object_info import combo_options
+from bolid_dev.preflight import MissingChoice, describe_missing, missing_choices, readme_model_rows
 
 OBJECT_INFO = {
     "LoadImage": {"input": {"required": {"image": [["a.png", "b.png"], {"image_upload": True}]}}},

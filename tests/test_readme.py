@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bolid_core.adapter.presets import ModelFamily, Preset, preset_files
+from bolid_dev.preflight import readme_model_table
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 README = REPO_ROOT / "README.md"
@@ -77,14 +78,6 @@ def models_used(workflow: dict) -> set[tuple[str, str, str]]:
     return used
 
 
-def readme_model_rows() -> list[dict[str, str]]:
-    section = README.read_text().split("\n## Models\n", 1)[1].split("\n## ", 1)[0]
-    rows = [line for line in section.splitlines() if line.startswith("|")]
-    header = [cell.strip() for cell in rows[0].strip("|").split("|")]
-    assert header == ["File", "Folder", "Where to get it", "Used by"], header
-    return [dict(zip(header, (c.strip() for c in row.strip("|").split(" | ")), strict=True)) for row in rows[2:]]
-
-
 def display_names() -> dict[str, str]:
     """class_type → display name: the pack's from the README's generated node reference, core's from above."""
     generated = re.findall(r"<b>(.*?)</b> \(<code>(\w+)</code>\)", README.read_text())
@@ -93,7 +86,7 @@ def display_names() -> dict[str, str]:
 
 @pytest.mark.parametrize("path", API_WORKFLOWS, ids=lambda path: path.stem)
 def test_every_model_a_workflow_names_is_in_the_readme_table(path: Path) -> None:
-    rows = readme_model_rows()
+    rows = readme_model_table()
     names = display_names()
     for folder, file, class_type in sorted(models_used(json.loads(path.read_text()))):
         matching = [row for row in rows if f"`{file}`" in row["File"]]
@@ -105,7 +98,7 @@ def test_every_model_a_workflow_names_is_in_the_readme_table(path: Path) -> None
 
 
 def test_table_lists_each_file_once() -> None:
-    files = [file for row in readme_model_rows() for file in re.findall(r"`([^`]+)`", row["File"])]
+    files = [file for row in readme_model_table() for file in re.findall(r"`([^`]+)`", row["File"])]
     assert files and len(files) == len(set(files))
 
 

@@ -261,6 +261,23 @@ def test_resume_refuses_another_learning_rate_and_takes_the_same(tmp_path):
     assert same.scheduler.base_lrs == [config.optimizer.lr]
 
 
+def test_resume_refuses_other_adamw_settings(tmp_path):
+    """betas, weight decay and eps come back with the optimizer state as the rate does: another value is refused."""
+    config = resume_config(max_steps=3, every_steps=3)
+    trainer, _ = denoiser_trainer(config, tmp_path)
+    trainer.train()
+    for changed, expected in (
+        ({"weight_decay": 0.1}, r"trained with weight decay 0\.01, this run asks for 0\.1"),
+        ({"betas": (0.9, 0.99)}, r"trained with AdamW betas 0\.9, 0\.999, this run asks for 0\.9, 0\.99"),
+        ({"eps": 1e-6}, r"trained with AdamW eps 1e-08, this run asks for 1e-06"),
+    ):
+        other, _ = denoiser_trainer(replace(config, optimizer=replace(config.optimizer, **changed)), tmp_path)
+        with pytest.raises(RuntimeError, match=expected):
+            other.resume()
+    clipped, _ = denoiser_trainer(replace(config, optimizer=replace(config.optimizer, max_grad_norm=0.5)), tmp_path)
+    assert clipped.resume().name == "step_000000003", "clipping is not optimizer state: it may change"
+
+
 def test_warmup_schedule_config_reaches_the_trainer():
     config = TrainConfig(
         optimizer=OptimizerConfig(lr=1.0),

@@ -289,7 +289,7 @@ def check_models(models: TrainingModels, config: TrainConfig) -> None:
             "Training target 'base_unet' trains a diffusers UNet's own weights and runs from the command line only "
             "(python -m bolid_core.train); this node trains adapters on the loaded MODEL: pick another target."
         )
-    if trains_adapter(target) and config.loss.beta_clip > 0 and models.clip_vision is not None:
+    if _clip_loss_on(models, config):
         _check_clip_loss_space(models)
     if target is TrainTarget.JOINT and not config.adapter.body_tokens:
         raise ValueError(
@@ -298,9 +298,19 @@ def check_models(models: TrainingModels, config: TrainConfig) -> None:
         )
 
 
+def _clip_loss_on(models: TrainingModels, config: TrainConfig) -> bool:
+    """L_CLIP trains the adapter, and needs a CLIP vision model to embed the decoded image."""
+    return trains_adapter(config.target) and config.loss.beta_clip > 0 and models.clip_vision is not None
+
+
 def _check_clip_loss_space(models: TrainingModels) -> None:
     """L_CLIP compares the decoded image's CLIP-vision embedding with the caption's pooled text embedding: both must
     come from one CLIP, so one width. SDXL's pooled text is CLIP-G's (1280): ViT-bigG matches it, ViT-H (1024) not."""
+    if getattr(getattr(models.clip_vision.model, "vision_model", None), "output_layernorm", False):
+        raise ValueError(
+            "loss beta_clip > 0 (L_CLIP) needs a CLIP vision model with a class token and a projection; the connected "
+            "clip_vision is SigLIP. For SDXL connect CLIP-ViT-bigG-14 as clip_vision, or set beta_clip to 0."
+        )
     vision_width = _clip_vision_width(models.clip_vision)
     _, pooled = encode_text(models.clip, "")
     if vision_width != pooled.shape[-1]:
@@ -397,7 +407,7 @@ def build_encoders(
         encoders[CacheKeys.BODY_VIEW] = host_free.body_view_encoder(
             f"body:{body_vae.image_size}:{body_vae.map_size}", body_vae.image_size, body_vae.map_size, BODY_WEIGHTING
         )
-    if trains_adapter(config.target) and config.loss.beta_clip > 0 and models.clip_vision is not None:
+    if _clip_loss_on(models, config):
         encoders[CacheKeys.CAPTION_CLIP] = host_free.caption_clip_encoder(  # widths checked by check_models
             lambda caption: encode_text(models.clip, caption)[1], f"caption:{clip_print}"
         )
@@ -446,9 +456,7 @@ def image_embeds_with_grad(model: torch.nn.Module, pixels: torch.Tensor) -> torc
     place: its CLIPLayer adds the residuals in place (`x += ...`), which autograd refuses once LayerNorm has saved x."""
     from comfy.ldm.modules.attention import optimized_attention_for_device
 
-    vision = model.vision_model
-    if getattr(vision, "output_layernorm", False):
-        raise ValueError("L_CLIP needs a CLIP vision model (a class token and a projection); this one is SigLIP.")
+    vision = model.vision_model  # CLIP, not SigLIP: check_models refuses the latter
     x = vision.pre_layrnorm(vision.embeddings(pixels))
     attention = optimized_attention_for_device(x.device, mask=False, small_input=True)
     for layer in vision.encoder.layers:

@@ -70,6 +70,12 @@ def clip_gradients(parameters: list[torch.Tensor], max_norm: float) -> torch.Ten
     return total
 
 
+# AdamW's settings that load_state_dict restores from the checkpoint, whatever the resuming run's config says.
+RESTORED_OPTIMIZER_SETTINGS = {
+    "lr": "learning rate", "betas": "AdamW betas", "weight_decay": "weight decay", "eps": "AdamW eps",
+}  # fmt: skip
+
+
 class TrainingInterrupted(RuntimeError):
     """The interruption check asked to stop; the last completed step is checkpointed."""
 
@@ -341,6 +347,19 @@ class Trainer:
             raise ValueError("This trainer has no checkpoint_dir; pass one to save checkpoints.")
         return self._save(self._boundary())
 
+    def _check_restored_optimizer(self, checkpoint_name: str, trained: dict) -> None:
+        """A setting the restored optimizer state would silently keep is refused rather than ignored."""
+        asked = self.config.to_dict()["optimizer"]
+        for key, label in RESTORED_OPTIMIZER_SETTINGS.items():
+            old, new = trained.get(key, asked[key]), asked[key]
+            if not all(math.isclose(a, b, rel_tol=1e-9) for a, b in zip(_floats(old), _floats(new), strict=True)):
+                old_text, new_text = _setting_text(old), _setting_text(new)
+                raise CheckpointError(
+                    f"{checkpoint_name} was trained with {label} {old_text}, this run asks for {new_text}; resuming "
+                    f"continues the run as it was, so set the {label} back to {old_text}, or start a new run in "
+                    f"another folder to train at {new_text}."
+                )
+
     def resume(self, checkpoint: str | os.PathLike | None = None) -> Path | None:
         """Continue from `checkpoint`, or from the newest complete one in checkpoint_dir; None when there is none."""
         if checkpoint is None:
@@ -356,14 +375,7 @@ class Trainer:
                 f"{loaded.path.name} was trained on {state.dataset_size} examples, this dataset has "
                 f"{len(self.dataset)}; resume with the same dataset, or start a new run in another folder."
             )
-        trained_lr = loaded.optimizer_state["scheduler"].get("base_lrs", [self.config.optimizer.lr])[0]
-        if not math.isclose(trained_lr, self.config.optimizer.lr, rel_tol=1e-9):
-            # The restored optimizer state would silently keep the old rate: say so rather than ignore the new one.
-            raise CheckpointError(
-                f"{loaded.path.name} was trained with learning rate {trained_lr:g}, this run asks for "
-                f"{self.config.optimizer.lr:g}; resuming continues the run as it was, so set the learning rate back "
-                f"to {trained_lr:g}, or start a new run in another folder to train at {self.config.optimizer.lr:g}."
-            )
+        self._check_restored_optimizer(loaded.path.name, state.config.get("optimizer", {}))
         load_module_weights(self.modules, loaded.weights)
         self.optimizer.load_state_dict(loaded.optimizer_state["optimizer"])
         self.scheduler.load_state_dict(loaded.optimizer_state["scheduler"])
@@ -374,3 +386,11 @@ class Trainer:
         self.history = list(state.history)
         self.saved_step = state.step
         return loaded.path
+
+
+def _floats(value) -> list[float]:
+    return [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)]
+
+
+def _setting_text(value) -> str:
+    return ", ".join(f"{v:g}" for v in _floats(value))
